@@ -1,0 +1,1 @@
+"""Client side of a federated run: the ClientApp, the node's backbone store and local training."""

@@ -1,0 +1,1 @@
+"""Continual learning over task streams, built on Avalanche."""

@@ -1,0 +1,1 @@
+"""Datasets, node data loaders, partitioning across clients and the feature cache."""

@@ -1,0 +1,1 @@
+"""Pretrained backbones, classification heads and the transfer model that joins them."""

@@ -1,0 +1,1 @@
+"""Server side of a federated run: the ServerApp, backbone distribution and the round loop."""

@@ -1,0 +1,1 @@
+"""Benchmark and comparison scripts that run fedgraft end to end."""

@@ -1,0 +1,1 @@
+"""Aggregation strategies: Flower's implementations, selected by name, behind fedgraft's guards."""
