@@ -1,0 +1,115 @@
+"""The ClientApp: a node that receives the backbone once and then trains the head locally.
+
+Message types it handles:
+
+- `query.backbone`: the server announces the backbone's SHA-256. The node replies whether
+  its store holds it; when the message carries the weights, the node verifies and stores
+  them.
+- `train`: load the round's trainable arrays, train on the node's private data, reply with
+  the updated arrays and `num-examples` (the training-set size, not a batch count).
+- `evaluate`: reply with loss and accuracy on the node's validation split.
+
+Private images never leave the node: replies carry only parameter arrays and metrics.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedgraft.client.backbone_store import BackboneStore
+from fedgraft.client.node_session import NodeSession, open_session
+from fedgraft.client.training import SGDSettings, evaluate_features, train_on_features
+from fedgraft.config import RunConfig
+from fedgraft.models.state import to_array_record, to_state_dict
+
+__all__ = ["app"]
+
+logger = logging.getLogger(__name__)
+
+app = ClientApp()
+
+
+def _store(context: Context, cfg: RunConfig) -> BackboneStore:
+    return BackboneStore(context.node_config.get("cache-dir", cfg.cache_dir))
+
+
+@app.query("backbone")
+def backbone_query(msg: Message, context: Context) -> Message:
+    """Report whether this node holds the announced backbone, storing it when it is attached."""
+    cfg = RunConfig.from_run_config(context.run_config)
+    store = _store(context, cfg)
+    sha256 = str(msg.content["backbone"]["sha256"])
+    if "weights" in msg.content.array_records:
+        store.save(to_state_dict(msg.content["weights"]), sha256)
+    reply = ConfigRecord({"has-backbone": store.has(sha256), "node-name": _node_name(context)})
+    return Message(content=RecordDict({"backbone": reply}), reply_to=msg)
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Train the trainable part on this node's data, starting from the round's global arrays."""
+    cfg = RunConfig.from_run_config(context.run_config)
+    config = msg.content["config"]
+    session = _session(context, cfg, str(config["backbone-sha256"]))
+    incoming = to_state_dict(msg.content["arrays"])
+    session.model.load_trainable_state_dict(incoming)
+
+    settings = SGDSettings(
+        epochs=cfg.local_epochs,
+        batch_size=cfg.batch_size,
+        learning_rate=cfg.learning_rate,
+        optimizer=cfg.optimizer,
+        momentum=cfg.momentum,
+        weight_decay=cfg.weight_decay,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+    )
+    # Seeded by node and round, not by Flower's node id, so that runs repeat exactly.
+    generator = torch.Generator().manual_seed(
+        cfg.seed * 1_000_003 + int(config["server-round"]) * 1009 + session.seed_offset
+    )
+    result = train_on_features(session.model, session.train_features, session.train_labels, settings, generator)
+
+    metrics = MetricRecord({
+        "num-examples": result.num_examples,
+        "train-loss": result.loss,
+        "train-accuracy": result.accuracy,
+    })
+    arrays = to_array_record(session.model.trainable_state_dict())
+    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the round's global arrays on this node's validation split."""
+    cfg = RunConfig.from_run_config(context.run_config)
+    config = msg.content["config"]
+    session = _session(context, cfg, str(config["backbone-sha256"]))
+    session.model.load_trainable_state_dict(to_state_dict(msg.content["arrays"]))
+    result = evaluate_features(session.model, session.val_features, session.val_labels)
+    metrics = MetricRecord({
+        "num-examples": result.num_examples,
+        "val-loss": result.loss,
+        "val-accuracy": result.accuracy,
+    })
+    return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def _session(context: Context, cfg: RunConfig, backbone_sha256: str) -> NodeSession:
+    return open_session(
+        run_id=context.run_id,
+        cfg=cfg,
+        node_config=dict(context.node_config),
+        store=_store(context, cfg),
+        backbone_sha256=backbone_sha256,
+    )
+
+
+def _node_name(context: Context) -> str:
+    node_config = context.node_config
+    if "data-path" in node_config:
+        return str(node_config["data-path"])
+    return f"partition {node_config.get('partition-id', '?')}"

@@ -1,0 +1,140 @@
+"""The ServerApp: distribute the backbone, run the rounds, write the run directory."""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+from flwr.app import ConfigRecord, Context
+from flwr.serverapp import Grid, ServerApp
+
+from fedgraft.config import RunConfig
+from fedgraft.data.feature_cache import FeatureCache
+from fedgraft.data.sources import test_data
+from fedgraft.log_setup import configure_logging
+from fedgraft.models.factory import build_transfer_model
+from fedgraft.models.state import state_dict_sha256, to_array_record, to_state_dict
+from fedgraft.server.backbone_distribution import distribute_backbone
+from fedgraft.server.central_evaluation import CentralEvaluator
+from fedgraft.server.node_order import NodeOrderedGrid, wait_for_nodes
+from fedgraft.server.progress import TABLE_HEADER, format_round
+from fedgraft.server.round_loop import RoundRecord, run_rounds
+from fedgraft.server.run_directory import RunDirectory
+from fedgraft.strategies.guarded import GuardedStrategy
+from fedgraft.strategies.registry import build_strategy
+
+__all__ = ["app", "resolve_run_dir"]
+
+logger = logging.getLogger(__name__)
+
+app = ServerApp()
+
+
+def resolve_run_dir(cfg: RunConfig) -> Path:
+    """Return `cfg.run_dir`, or a new timestamped folder under `cfg.output_dir`."""
+    if cfg.run_dir:
+        return Path(cfg.run_dir).expanduser().resolve()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return (Path(cfg.output_dir).expanduser() / f"{stamp}-{cfg.strategy}").resolve()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """Run one federated transfer-learning job as the run config describes."""
+    configure_logging()
+    started = time.monotonic()
+    cfg = RunConfig.from_run_config(context.run_config).validate()
+    run_dir = RunDirectory(resolve_run_dir(cfg), cfg)
+    logger.info("run directory: %s", run_dir.path)
+
+    # One seed drives node sampling (Flower samples with `random`) and the initial head.
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+
+    test = test_data(cfg)
+    model = build_transfer_model(cfg, num_classes=len(test.class_names))
+    backbone_state = model.backbone.state_dict()
+    sha256 = state_dict_sha256(backbone_state)
+    initial_arrays = to_array_record(model.trainable_state_dict())
+
+    # Every node must hold the backbone before the first round.
+    node_ids = wait_for_nodes(grid, cfg.num_clients, timeout=cfg.round_timeout)
+    distribution = distribute_backbone(grid, node_ids, cfg.backbone, backbone_state, sha256, cfg.round_timeout)
+    ordered_grid = NodeOrderedGrid(grid, distribution.node_names)
+
+    logger.info("computing the frozen backbone's features for %d test images", len(test))
+    features = FeatureCache(cfg.cache_dir).features_for(
+        model, sha256, test, cfg.image_size, progress=_log_progress("test features")
+    )
+    evaluator = CentralEvaluator(model, features, torch.from_numpy(test.labels).long())
+
+    # Round 0: the untrained head, and the cost of distributing the backbone.
+    initial = evaluator(0, initial_arrays)
+    round_zero = RoundRecord(
+        round=0,
+        test_loss=float(initial["test-loss"]),
+        test_accuracy=float(initial["test-accuracy"]),
+        bytes_sent=distribution.bytes_sent,
+        bytes_received=distribution.bytes_received,
+        seconds=time.monotonic() - started,
+    )
+    logger.info("%s", TABLE_HEADER)
+    _report(run_dir, round_zero)
+
+    strategy = GuardedStrategy(build_strategy(cfg), buffer_keys=frozenset(model.trainable_buffer_names()))
+    round_config = ConfigRecord({"backbone-sha256": sha256})
+    final_arrays = run_rounds(
+        strategy,
+        ordered_grid,
+        initial_arrays,
+        num_rounds=cfg.rounds,
+        train_config=round_config,
+        evaluate_config=round_config,
+        evaluate_fn=evaluator,
+        timeout=cfg.round_timeout,
+        on_round=lambda record, _arrays: _report(run_dir, record),
+    )
+
+    model_path = run_dir.save_model(
+        to_state_dict(final_arrays),
+        metadata={"backbone": cfg.backbone, "backbone-sha256": sha256, "mode": cfg.mode, "head": cfg.head},
+    )
+    run_dir.save_plot()
+    last = run_dir.rounds[-1]
+    run_dir.set_summary(
+        final_test_accuracy=last["test_accuracy"],
+        final_val_accuracy=last["val_accuracy"],
+        rounds=cfg.rounds,
+        backbone_sha256=sha256,
+        backbone_nodes_cached=len(distribution.nodes_cached),
+        backbone_nodes_sent=len(distribution.nodes_sent),
+        trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
+        seconds=time.monotonic() - started,
+        model=str(model_path),
+    )
+    logger.info("run finished: test accuracy %.4f; outputs in %s", last["test_accuracy"], run_dir.path)
+
+
+def _report(run_dir: RunDirectory, record: RoundRecord) -> None:
+    run_dir.record_round(record)
+    logger.info("%s", format_round(record))
+    for rejected in record.rejected:
+        logger.info("      round %d rejected node %s: %s", record.round, rejected["node"], rejected["reason"])
+
+
+def _log_progress(label: str):
+    last_logged = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done == total or now - last_logged[0] > 5:
+            last_logged[0] = now
+            logger.info("%s: %d/%d images", label, done, total)
+
+    return progress
