@@ -22,11 +22,15 @@ def _run_config_options(command):
     """Add one option per RunConfig field, grouped as OPTION_GROUPS orders them."""
     fields = sorted(RunConfig.fields(), key=lambda f: OPTION_GROUPS.index(f.metadata["group"]))
     for f in reversed(fields):
+        name = f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            default = name if f.default else f"no-{name}"
+            help_text = f"[{f.metadata['group']}] {f.metadata['help']}  [default: --{default}]"
+            command = click.option(f"--{name}/--no-{name}", f.name, default=None, help=help_text)(command)
+            continue
         option_type = {int: int, float: float, str: str}[type(f.default)]
         help_text = f"[{f.metadata['group']}] {f.metadata['help']}  [default: {f.default!r}]"
-        command = click.option(
-            "--" + f.name.replace("_", "-"), f.name, type=option_type, default=None, help=help_text
-        )(command)
+        command = click.option("--" + name, f.name, type=option_type, default=None, help=help_text)(command)
     return command
 
 

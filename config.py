@@ -58,6 +58,10 @@ class RunConfig:
     optimizer: str = _option("adam", "local training", "Client optimizer: adam or sgd.")
     momentum: float = _option(0.9, "local training", "Momentum of the sgd client optimizer.")
     weight_decay: float = _option(0.0, "local training", "L2 weight decay of the client optimizer.")
+    cache_features: bool = _option(
+        True, "local training",
+        "Compute the frozen part's output once per node and reuse it; off recomputes it every local epoch.",
+    )
 
     # Server strategy.
     strategy: str = _option("fedavg", "strategy", "Aggregation strategy: " + ", ".join(STRATEGY_NAMES) + ".")
@@ -164,6 +168,8 @@ def _coerce(f: dataclasses.Field, value: Any) -> Any:
     target = type(f.default)
     if isinstance(value, target) and not (target is int and isinstance(value, bool)):
         return value
+    if target is bool and isinstance(value, str) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
     try:
         if target is int and isinstance(value, float) and value.is_integer():
             return int(value)

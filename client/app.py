@@ -71,7 +71,9 @@ def train(msg: Message, context: Context) -> Message:
     generator = torch.Generator().manual_seed(
         cfg.seed * 1_000_003 + int(config["server-round"]) * 1009 + session.seed_offset
     )
-    result = train_on_features(session.model, session.train_features, session.train_labels, settings, generator)
+    result = train_on_features(
+        session.model, session.train_inputs, session.train_labels, settings, generator, encode=session.encode
+    )
 
     metrics = MetricRecord({
         "num-examples": result.num_examples,
@@ -89,7 +91,7 @@ def evaluate(msg: Message, context: Context) -> Message:
     config = msg.content["config"]
     session = _session(context, cfg, str(config["backbone-sha256"]))
     session.model.load_trainable_state_dict(to_state_dict(msg.content["arrays"]))
-    result = evaluate_features(session.model, session.val_features, session.val_labels)
+    result = evaluate_features(session.model, session.val_inputs, session.val_labels, encode=session.encode)
     metrics = MetricRecord({
         "num-examples": result.num_examples,
         "val-loss": result.loss,

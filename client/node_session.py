@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from fedgraft.client.backbone_store import BackboneStore
+from fedgraft.client.training import Encoder
 from fedgraft.config import RunConfig
 from fedgraft.data.feature_cache import FeatureCache
 from fedgraft.data.fashion_mnist import FASHION_MNIST_CLASSES
@@ -23,6 +24,7 @@ from fedgraft.data.node_data import load_node_data
 from fedgraft.data.partition import split_client
 from fedgraft.data.sources import client_data
 from fedgraft.models.factory import build_transfer_model
+from fedgraft.models.preprocess import preprocess_images
 from fedgraft.models.transfer import TransferModel
 
 __all__ = ["NodeSession", "open_session"]
@@ -34,14 +36,20 @@ _SESSIONS: dict[tuple, NodeSession] = {}
 
 @dataclass
 class NodeSession:
-    """A node's model and the frozen-part outputs of its train and validation data."""
+    """A node's model and the inputs its trainable part learns from.
+
+    With the feature cache on, `train_inputs` and `val_inputs` are frozen-part outputs
+    and `encode` is None. With it off they are the raw uint8 images, and `encode` runs
+    preprocessing and the frozen part on every batch of every epoch.
+    """
 
     model: TransferModel
-    train_features: torch.Tensor
+    train_inputs: torch.Tensor
     train_labels: torch.Tensor
-    val_features: torch.Tensor
+    val_inputs: torch.Tensor
     val_labels: torch.Tensor
     seed_offset: int  # distinguishes the nodes' shuffling streams
+    encode: Encoder | None = None
 
 
 def open_session(
@@ -68,6 +76,18 @@ def _build_session(
     model = build_transfer_model(cfg, num_classes=len(train.class_names), weights="random")
     model.backbone.load_state_dict(store.load(backbone_sha256))
 
+    labels = {"train_labels": torch.from_numpy(train.labels).long(), "val_labels": torch.from_numpy(val.labels).long()}
+    if not cfg.cache_features:
+        logger.info("node session ready: %d train and %d validation examples, feature cache off", len(train), len(val))
+        return NodeSession(
+            model=model,
+            train_inputs=torch.from_numpy(train.images),
+            val_inputs=torch.from_numpy(val.images),
+            seed_offset=seed_offset,
+            encode=_frozen_encoder(model, cfg.image_size),
+            **labels,
+        )
+
     cache = FeatureCache(node_config.get("cache-dir", cfg.cache_dir))
     train_features = cache.features_for(model, backbone_sha256, train, cfg.image_size)
     val_features = cache.features_for(model, backbone_sha256, val, cfg.image_size)
@@ -76,13 +96,18 @@ def _build_session(
         len(train), len(val), cache.hits, cache.misses,
     )
     return NodeSession(
-        model=model,
-        train_features=train_features,
-        train_labels=torch.from_numpy(train.labels).long(),
-        val_features=val_features,
-        val_labels=torch.from_numpy(val.labels).long(),
-        seed_offset=seed_offset,
+        model=model, train_inputs=train_features, val_inputs=val_features, seed_offset=seed_offset, **labels
     )
+
+
+def _frozen_encoder(model: TransferModel, image_size: int) -> Encoder:
+    """Return a function that preprocesses uint8 images and runs the frozen part on them."""
+    mean, std = model.backbone.input_mean, model.backbone.input_std
+
+    def encode(images: torch.Tensor) -> torch.Tensor:
+        return model.frozen_features(preprocess_images(images.numpy(), image_size, mean, std))
+
+    return encode
 
 
 def _node_data(cfg: RunConfig, node_config: dict[str, Any]) -> tuple[ImageArrays, ImageArrays, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -10,7 +11,11 @@ import torch.nn.functional as F
 from fedgraft.client.proximal import proximal_term
 from fedgraft.models.transfer import TransferModel
 
-__all__ = ["LocalResult", "SGDSettings", "evaluate_features", "make_optimizer", "train_on_features"]
+# Maps a batch of stored inputs to what the trainable part consumes. With the feature
+# cache the stored inputs already are that, so the default is the identity.
+Encoder = Callable[[torch.Tensor], torch.Tensor]
+
+__all__ = ["Encoder", "LocalResult", "SGDSettings", "evaluate_features", "make_optimizer", "train_on_features"]
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,7 @@ def train_on_features(
     labels: torch.Tensor,
     settings: SGDSettings,
     generator: torch.Generator,
+    encode: Encoder | None = None,
 ) -> LocalResult:
     """Train the trainable part of `model` on frozen-part outputs for `settings.epochs` epochs.
 
@@ -73,7 +79,8 @@ def train_on_features(
         order = torch.randperm(num_examples, generator=generator)
         for start in range(0, num_examples, settings.batch_size):
             batch = order[start:start + settings.batch_size]
-            logits = model.forward_from_features(features[batch])
+            inputs = features[batch] if encode is None else encode(features[batch])
+            logits = model.forward_from_features(inputs)
             loss = F.cross_entropy(logits, labels[batch])
             if settings.proximal_mu > 0:
                 loss = loss + proximal_term(trainable, anchors, settings.proximal_mu)
@@ -90,7 +97,11 @@ def train_on_features(
 
 @torch.no_grad()
 def evaluate_features(
-    model: TransferModel, features: torch.Tensor, labels: torch.Tensor, batch_size: int = 512
+    model: TransferModel,
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 512,
+    encode: Encoder | None = None,
 ) -> LocalResult:
     """Return the loss and accuracy of `model` on frozen-part outputs."""
     num_examples = len(labels)
@@ -99,7 +110,8 @@ def evaluate_features(
     model.eval()
     loss_sum, correct = 0.0, 0
     for start in range(0, num_examples, batch_size):
-        logits = model.forward_from_features(features[start:start + batch_size])
+        inputs = features[start:start + batch_size]
+        logits = model.forward_from_features(inputs if encode is None else encode(inputs))
         target = labels[start:start + batch_size]
         loss_sum += F.cross_entropy(logits, target, reduction="sum").item()
         correct += (logits.argmax(dim=1) == target).sum().item()

@@ -41,7 +41,7 @@ WEIGHTS_IMAGENET = "imagenet"
 WEIGHTS_RANDOM = "random"
 
 # Modules that call register_backbone when imported.
-_BUILTIN_MODULES = ("efficientnet_lite", "torchvision_backbones")
+_BUILTIN_MODULES = ("efficientnet_lite", "torchvision_backbones", "small_cnn")
 
 # Checkpoint entries that wrap the state dict in files written by common training loops.
 _WRAPPER_KEYS = ("state_dict", "model")

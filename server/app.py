@@ -101,9 +101,17 @@ def main(grid: Grid, context: Context) -> None:
         on_round=lambda record, _arrays: _report(run_dir, record),
     )
 
+    final_state = to_state_dict(final_arrays)
     model_path = run_dir.save_model(
-        to_state_dict(final_arrays),
-        metadata={"backbone": cfg.backbone, "backbone-sha256": sha256, "mode": cfg.mode, "head": cfg.head},
+        final_state,
+        metadata={
+            "backbone": cfg.backbone,
+            "backbone-sha256": sha256,
+            "state-sha256": state_dict_sha256(final_state),
+            "mode": cfg.mode,
+            "head": cfg.head,
+            "class-names": ",".join(test.class_names),
+        },
     )
     run_dir.save_plot()
     last = run_dir.rounds[-1]

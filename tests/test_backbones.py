@@ -28,7 +28,7 @@ from fedgraft.models.efficientnet_lite import (
 )
 from fedgraft.models.torchvision_backbones import cached_weights_path
 
-BUILTIN_BACKBONES = {"efficientnet_lite0", "resnet18", "resnet50", "mobilenet_v3_small", "vgg16"}
+BUILTIN_BACKBONES = {"small_cnn", "efficientnet_lite0", "resnet18", "resnet50", "mobilenet_v3_small", "vgg16"}
 ESPRESSO = 967  # ImageNet class index
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -376,3 +376,8 @@ def test_efficientnet_imagenet_predicts_espresso(imagenet_model):
 
 def test_efficientnet_imagenet_predicts_cat(imagenet_model):
     assert _top1(imagenet_model, skimage.data.chelsea()) in CAT_CLASSES
+
+
+def test_small_cnn_has_no_imagenet_weights():
+    with pytest.raises(ModelError, match="pass --weights random"):
+        create_backbone("small_cnn", weights="imagenet")
