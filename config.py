@@ -39,7 +39,7 @@ class RunConfig:
 
     # Federation.
     num_clients: int = _option(10, "federation", "Number of client nodes in the simulation.")
-    rounds: int = _option(10, "federation", "Number of federated rounds.")
+    rounds: int = _option(20, "federation", "Number of federated rounds.")
     fraction_train: float = _option(1.0, "federation", "Fraction of nodes sampled to train each round.")
     fraction_evaluate: float = _option(
         1.0, "federation", "Fraction of nodes sampled for federated evaluation each round."
@@ -57,7 +57,7 @@ class RunConfig:
     learning_rate: float = _option(1e-3, "local training", "Learning rate of the client optimizer.")
     optimizer: str = _option("adam", "local training", "Client optimizer: adam or sgd.")
     momentum: float = _option(0.9, "local training", "Momentum of the sgd client optimizer.")
-    weight_decay: float = _option(0.0, "local training", "L2 weight decay of the client optimizer.")
+    weight_decay: float = _option(1e-3, "local training", "L2 weight decay of the client optimizer.")
     cache_features: bool = _option(
         True, "local training",
         "Compute the frozen part's output once per node and reuse it; off recomputes it every local epoch.",
@@ -88,7 +88,7 @@ class RunConfig:
     head: str = _option("linear", "model", "Head on top of the backbone: linear or mlp.")
     head_hidden: int = _option(256, "model", "Hidden units of the mlp head.")
     image_size: int = _option(
-        64, "model", "Side in pixels that images are resized to before the backbone."
+        96, "model", "Side in pixels that images are resized to before the backbone."
     )
 
     # Data.
