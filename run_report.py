@@ -22,7 +22,7 @@ def _cell(value, digits: int = 4) -> str:
 
 
 def print_report(run_dir: Path, console: Console | None = None) -> None:
-    """Print what a run measured; raise FileNotFoundError when `run_dir` holds no run."""
+    """Print what a run measured; raise FileNotFoundError when `run_dir` contains no run."""
     console = console or Console()
     run_dir = Path(run_dir)
     metrics = read_metrics(run_dir)

@@ -1,4 +1,4 @@
-"""What `fedgraft simulate` does: check everything, then run the Flower App on a local SuperLink."""
+"""The `fedgraft simulate` job: check everything, then run the Flower App on a local SuperLink."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ console = Console(stderr=True)
 
 @dataclass(frozen=True)
 class SimulationPlan:
-    """What preflight found: where the run goes and how the data was split."""
+    """Preflight results: where the run goes and how the data was split."""
 
     run_dir: Path
     client_sizes: list[tuple[int, int]]  # (train, validation) examples per client
@@ -56,7 +56,7 @@ def preflight(cfg: RunConfig) -> SimulationPlan:
 
     run_dir = resolve_run_dir(cfg)
     if (run_dir / "metrics.json").exists():
-        raise ConfigError(f"run directory {run_dir} already holds a run; pass another --run-dir or remove it")
+        raise ConfigError(f"run directory {run_dir} already contains a run; pass another --run-dir or remove it")
     return SimulationPlan(
         run_dir=run_dir,
         client_sizes=[(len(split.train), len(split.val)) for split in splits],

@@ -3,7 +3,7 @@
 Message types it handles:
 
 - `query.backbone`: the server announces the backbone's SHA-256. The node replies whether
-  its store holds it; when the message carries the weights, the node verifies and stores
+  its store has it. When the message carries the weights, the node verifies and stores
   them.
 - `train`: load the round's trainable arrays, train on the node's private data, reply with
   the updated arrays and `num-examples` (the training-set size, not a batch count).
@@ -24,6 +24,7 @@ from fedgraft.client.backbone_store import BackboneStore
 from fedgraft.client.node_session import NodeSession, open_session
 from fedgraft.client.training import SGDSettings, evaluate_features, train_on_features
 from fedgraft.config import RunConfig
+from fedgraft.log_setup import configure_logging
 from fedgraft.models.state import to_array_record, to_state_dict
 
 __all__ = ["app"]
@@ -39,7 +40,7 @@ def _store(context: Context, cfg: RunConfig) -> BackboneStore:
 
 @app.query("backbone")
 def backbone_query(msg: Message, context: Context) -> Message:
-    """Report whether this node holds the announced backbone, storing it when it is attached."""
+    """Report whether this node has the announced backbone, storing it when it is attached."""
     cfg = RunConfig.from_run_config(context.run_config)
     store = _store(context, cfg)
     sha256 = str(msg.content["backbone"]["sha256"])
@@ -101,6 +102,7 @@ def evaluate(msg: Message, context: Context) -> Message:
 
 
 def _session(context: Context, cfg: RunConfig, backbone_sha256: str) -> NodeSession:
+    configure_logging()
     return open_session(
         run_id=context.run_id,
         cfg=cfg,

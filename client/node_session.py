@@ -1,4 +1,4 @@
-"""What a node keeps in memory between rounds of one run: its model and cached features.
+"""A node's in-memory state between rounds of one run: its model and cached features.
 
 In simulation each ClientApp runs in a long-lived worker, so a session built in round 1
 serves every later round. A fresh process rebuilds it from the node's backbone store and
@@ -17,7 +17,7 @@ import torch
 from fedgraft.client.backbone_store import BackboneStore
 from fedgraft.client.training import Encoder
 from fedgraft.config import RunConfig
-from fedgraft.data.feature_cache import FeatureCache
+from fedgraft.data.feature_cache import FeatureCache, progress_logger
 from fedgraft.data.fashion_mnist import FASHION_MNIST_CLASSES
 from fedgraft.data.image_arrays import ImageArrays
 from fedgraft.data.node_data import load_node_data
@@ -89,11 +89,16 @@ def _build_session(
         )
 
     cache = FeatureCache(node_config.get("cache-dir", cfg.cache_dir))
-    train_features = cache.features_for(model, backbone_sha256, train, cfg.image_size)
-    val_features = cache.features_for(model, backbone_sha256, val, cfg.image_size)
+    name = _node_label(node_config)
+    train_features = cache.features_for(
+        model, backbone_sha256, train, cfg.image_size, progress=progress_logger(f"{name}: train features")
+    )
+    val_features = cache.features_for(
+        model, backbone_sha256, val, cfg.image_size, progress=progress_logger(f"{name}: validation features")
+    )
     logger.info(
-        "node session ready: %d train and %d validation examples (feature cache: %d hits, %d misses)",
-        len(train), len(val), cache.hits, cache.misses,
+        "%s: %d train and %d validation examples (feature cache: %d hits, %d misses)",
+        name, len(train), len(val), cache.hits, cache.misses,
     )
     return NodeSession(
         model=model, train_inputs=train_features, val_inputs=val_features, seed_offset=seed_offset, **labels
@@ -108,6 +113,12 @@ def _frozen_encoder(model: TransferModel, image_size: int) -> Encoder:
         return model.frozen_features(preprocess_images(images.numpy(), image_size, mean, std))
 
     return encode
+
+
+def _node_label(node_config: dict[str, Any]) -> str:
+    if "data-path" in node_config:
+        return f"node {node_config['data-path']}"
+    return f"node partition {node_config.get('partition-id', 0)}"
 
 
 def _node_data(cfg: RunConfig, node_config: dict[str, Any]) -> tuple[ImageArrays, ImageArrays, int]:

@@ -20,7 +20,7 @@ __all__ = ["Encoder", "LocalResult", "SGDSettings", "evaluate_features", "make_o
 
 @dataclass(frozen=True)
 class SGDSettings:
-    """How a client trains locally in one round."""
+    """Settings of a client's local training in one round."""
 
     epochs: int
     batch_size: int

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,11 +24,29 @@ from fedgraft.models.preprocess import preprocess_images
 from fedgraft.models.state import load_state_file, save_state_file
 from fedgraft.models.transfer import TransferModel
 
-__all__ = ["FeatureCache", "extract_features", "Preprocessing"]
+__all__ = ["FeatureCache", "Preprocessing", "extract_features", "progress_logger"]
 
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]  # (images done, images in all)
+
+
+def progress_logger(label: str, every_seconds: float = 5.0, width: int = 24) -> ProgressCallback:
+    """Return a callback that logs a text progress bar at most every `every_seconds`.
+
+    Flower streams a run's logs as text lines, so the bar is a line, not a live widget.
+    """
+    last_logged = [float("-inf")]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last_logged[0] < every_seconds:
+            return
+        last_logged[0] = now
+        filled = width * done // max(total, 1)
+        logger.info("%s [%s%s] %d/%d images", label, "#" * filled, "-" * (width - filled), done, total)
+
+    return progress
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from flwr.app import ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedgraft.config import RunConfig
-from fedgraft.data.feature_cache import FeatureCache
+from fedgraft.data.feature_cache import FeatureCache, progress_logger
 from fedgraft.data.sources import test_data
 from fedgraft.log_setup import configure_logging
 from fedgraft.models.factory import build_transfer_model
@@ -70,7 +70,7 @@ def main(grid: Grid, context: Context) -> None:
 
     logger.info("computing the frozen backbone's features for %d test images", len(test))
     features = FeatureCache(cfg.cache_dir).features_for(
-        model, sha256, test, cfg.image_size, progress=_log_progress("test features")
+        model, sha256, test, cfg.image_size, progress=progress_logger("server: test features")
     )
     evaluator = CentralEvaluator(model, features, torch.from_numpy(test.labels).long())
 
@@ -134,15 +134,3 @@ def _report(run_dir: RunDirectory, record: RoundRecord) -> None:
     logger.info("%s", format_round(record))
     for rejected in record.rejected:
         logger.info("      round %d rejected node %s: %s", record.round, rejected["node"], rejected["reason"])
-
-
-def _log_progress(label: str):
-    last_logged = [0.0]
-
-    def progress(done: int, total: int) -> None:
-        now = time.monotonic()
-        if done == total or now - last_logged[0] > 5:
-            last_logged[0] = now
-            logger.info("%s: %d/%d images", label, done, total)
-
-    return progress
