@@ -4,7 +4,7 @@ For every seed from 0 to REPEATS - 1 and for two data sizes (RunConfig's cap of 
 samples per client, then --few-samples-per-client, 50 by default) it measures:
 
 - federated: the default `fedgraft simulate` run, which trains a linear head with FedAvg
-  on efficientnet_lite0 features (10 clients, Dirichlet alpha 0.5, 10 rounds);
+  on efficientnet_lite0 features (10 clients, Dirichlet alpha 0.5, 20 rounds);
 - linear probe: the centralized limit on the same features. A fresh head, initialised as
   the federated one, trains in this process on the pooled training features of every
   client with the clients' optimizer and batch size for rounds * local_epochs epochs. The
