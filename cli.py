@@ -1,4 +1,4 @@
-"""The `fedgraft` command line: simulate, report, download-data, download-weights.
+"""The `fedgraft` command line: simulate, report, continual, compare, download-data, download-weights.
 
 Every `simulate` option is generated from a RunConfig field, so the options, the config
 file keys and Flower's run config keys are one list. Bad input exits with code 2 before
@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from fedgraft.config import OPTION_GROUPS, ConfigError, RunConfig
+from fedgraft.continual.cli import compare_command, continual_command
 
 __all__ = ["main"]
 
@@ -37,6 +38,10 @@ def _run_config_options(command):
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 def cli() -> None:
     """Federated transfer learning: a pretrained backbone on every node, heads trained locally."""
+
+
+cli.add_command(continual_command)
+cli.add_command(compare_command)
 
 
 @cli.command()

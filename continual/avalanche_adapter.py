@@ -3,7 +3,8 @@
 Two input kinds are supported:
 
 - `image_benchmark`: images preprocessed for the backbone, (N, 3, S, S) float32 tensors, for
-  a model that runs the whole `TransferModel`;
+  a model that runs the whole `TransferModel`. With ``preprocess_on_load=True`` the
+  experiences keep the uint8 images and each item is preprocessed when it is read;
 - `feature_benchmark`: the frozen part's output, read from a `FeatureCache` or computed, for
   the head-only `FeatureHead`. Training then never runs the frozen part, and a replay
   buffer on this benchmark stores feature tensors, never images.
@@ -29,7 +30,7 @@ not used here.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -43,7 +44,7 @@ from avalanche.benchmarks.utils import (
     TaskLabels,
 )
 from torch import Tensor, nn
-from torch.utils.data import TensorDataset
+from torch.utils.data import Dataset, TensorDataset
 
 from fedgraft.continual.errors import StreamError
 from fedgraft.continual.streams import Experience
@@ -54,6 +55,8 @@ from fedgraft.models.transfer import TrainingMode, TransferModel
 
 __all__ = [
     "FeatureHead",
+    "FeatureProgress",
+    "PreprocessedImages",
     "benchmark_from_tensors",
     "feature_benchmark",
     "image_benchmark",
@@ -95,11 +98,48 @@ class FeatureHead(nn.Module):
         return self.head(x)
 
 
+# Called with (images done, images in all) while features are computed or read.
+FeatureProgress = Callable[[int, int], None]
+
+
+class PreprocessedImages(Dataset):
+    """Images kept as uint8 and preprocessed for the backbone one item at a time.
+
+    Item i is ``(preprocess_images(images[i:i+1], ...)[0], labels[i])``, the same
+    (3, image_size, image_size) tensor that `preprocess_images` returns for the whole
+    array, but memory contains only the uint8 images: 784 bytes per 28 x 28 image instead
+    of 3 * image_size**2 * 4 bytes.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: Tensor,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.images = images
+        self.labels = labels
+        self.image_size = image_size
+        self.mean = tuple(mean)
+        self.std = tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+        image = preprocess_images(self.images[index : index + 1], self.image_size, self.mean, self.std)
+        return image[0], self.labels[index]
+
+
 def make_dataset(
-    inputs: Tensor, labels: Tensor | np.ndarray, task_label: int
+    inputs: Tensor | Dataset, labels: Tensor | np.ndarray, task_label: int
 ) -> TaskAwareSupervisedClassificationDataset:
     """Wrap one experience's inputs and labels into an Avalanche dataset with task labels.
 
+    ``inputs`` is a tensor with one row per label, or a dataset whose items are already
+    (input, label) pairs in the order of ``labels``, such as `PreprocessedImages`.
     Items are (input, label, task_label) triplets. ``dataset.targets`` contains the labels
     and ``dataset.targets_task_labels`` contains ``task_label`` once per item.
     """
@@ -109,8 +149,9 @@ def make_dataset(
             f"make_dataset expects one label per input: got {len(inputs)} inputs and labels "
             f"of shape {tuple(labels.shape)}"
         )
+    pairs = TensorDataset(inputs, labels) if isinstance(inputs, Tensor) else inputs
     return TaskAwareSupervisedClassificationDataset(
-        [TensorDataset(inputs, labels)],
+        [pairs],
         data_attributes=[
             DataAttribute(labels.tolist(), "targets"),
             TaskLabels([int(task_label)] * len(labels)),
@@ -119,13 +160,13 @@ def make_dataset(
 
 
 def benchmark_from_tensors(
-    train: Sequence[tuple[Tensor, Tensor]],
-    test: Sequence[tuple[Tensor, Tensor]],
+    train: Sequence[tuple[Tensor | Dataset, Tensor]],
+    test: Sequence[tuple[Tensor | Dataset, Tensor]],
     task_labels: Sequence[int],
 ) -> CLScenario:
     """Build a benchmark whose experience i trains on ``train[i]`` and tests on ``test[i]``.
 
-    Each element is an (inputs, labels) pair. The benchmark has ``train_stream`` and
+    Each element is an (inputs, labels) pair, with inputs as `make_dataset` takes them. The benchmark has ``train_stream`` and
     ``test_stream`` of equal length, in the given order, with experience i carrying
     ``task_labels[i]``.
     """
@@ -145,18 +186,26 @@ def image_benchmark(
     image_size: int,
     mean: Sequence[float],
     std: Sequence[float],
+    preprocess_on_load: bool = False,
 ) -> CLScenario:
-    """Build a benchmark of preprocessed images, (N, 3, image_size, image_size) per experience.
+    """Build a benchmark of preprocessed images, (3, image_size, image_size) per item.
 
-    ``mean`` and ``std`` are the backbone's ``input_mean`` and ``input_std``. All images are
-    converted up front, which takes N * 3 * image_size**2 * 4 bytes per split.
+    ``mean`` and ``std`` are the backbone's ``input_mean`` and ``input_std``. By default all
+    images are converted up front, which takes N * 3 * image_size**2 * 4 bytes per split.
+    With ``preprocess_on_load=True`` each split is a `PreprocessedImages`, which converts
+    an item every time it is read: the same tensors, at the cost of converting again in
+    every epoch and every evaluation.
     """
     _check_experiences(experiences)
     train, test = [], []
     for experience in experiences:
         for split, target in ((experience.train, train), (experience.test, test)):
-            inputs = preprocess_images(split.images, image_size, mean, std)
-            target.append((inputs, torch.from_numpy(split.labels)))
+            labels = torch.from_numpy(split.labels)
+            if preprocess_on_load:
+                inputs = PreprocessedImages(split.images, labels, image_size, mean, std)
+            else:
+                inputs = preprocess_images(split.images, image_size, mean, std)
+            target.append((inputs, labels))
     return benchmark_from_tensors(train, test, [e.task_label for e in experiences])
 
 
@@ -166,25 +215,36 @@ def feature_benchmark(
     image_size: int,
     cache: FeatureCache | None = None,
     backbone_sha256: str | None = None,
+    progress: FeatureProgress | None = None,
 ) -> CLScenario:
     """Build a benchmark of frozen-part outputs of ``model``, to train ``FeatureHead(model)`` on.
 
     With ``cache`` each split's features are read from it, or computed once and stored.
     ``backbone_sha256`` is the cache key of the backbone and defaults to the SHA-256 of
     ``model.backbone``'s state dict. Without ``cache`` the features are computed every call.
+    ``progress`` receives (images done, images in all) over every split of the stream,
+    during the backbone's passes and after each split.
     """
     _check_experiences(experiences)
     if cache is not None and backbone_sha256 is None:
         backbone_sha256 = state_dict_sha256(model.backbone.state_dict())
 
+    total = sum(len(e.train) + len(e.test) for e in experiences)
+    finished = 0
     train, test = [], []
     for experience in experiences:
         for split, target in ((experience.train, train), (experience.test, test)):
+            split_progress = _offset_progress(progress, finished, total)
             if cache is None:
-                features = extract_features(model, split, image_size)
+                features = extract_features(model, split, image_size, progress=split_progress)
             else:
-                features = cache.features_for(model, backbone_sha256, split, image_size)
+                features = cache.features_for(
+                    model, backbone_sha256, split, image_size, progress=split_progress
+                )
             target.append((features, torch.from_numpy(split.labels)))
+            finished += len(split)
+            if progress is not None:
+                progress(finished, total)
         logger.debug(
             "Feature benchmark: experience %d, %d train and %d test feature rows",
             experience.index,
@@ -192,6 +252,13 @@ def feature_benchmark(
             len(experience.test),
         )
     return benchmark_from_tensors(train, test, [e.task_label for e in experiences])
+
+
+def _offset_progress(progress: FeatureProgress | None, offset: int, total: int) -> FeatureProgress | None:
+    """Turn one split's (done, split size) into (offset + done, total) for the whole stream."""
+    if progress is None:
+        return None
+    return lambda done, _split_total: progress(offset + done, total)
 
 
 def _check_experiences(experiences: Sequence[Experience]) -> None:

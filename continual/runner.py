@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -88,13 +89,17 @@ def untrained_baseline(
 
 
 def run_stream(
-    strategy: SupervisedTemplate, benchmark: CLScenario, cross_check: bool = False
+    strategy: SupervisedTemplate,
+    benchmark: CLScenario,
+    cross_check: bool = False,
+    on_step: Callable[[int, np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """Train ``strategy`` on each training experience in order and return R, shape (T, T).
 
     After training on experience i, row i gets the accuracy of ``strategy.model`` on every
     test experience. The model is read from the strategy each time, because GDumb replaces
-    it with a fresh copy at every experience.
+    it with a fresh copy at every experience. ``on_step`` is called with (i, a copy of
+    row i) once row i is filled, for progress displays.
 
     With ``cross_check=True`` the strategy's evaluator also runs on the test stream after
     every experience, and a RuntimeError is raised when its per-experience accuracy differs
@@ -128,6 +133,8 @@ def run_stream(
         )
         if cross_check:
             _cross_check(strategy, test_stream, matrix[step], step)
+        if on_step is not None:
+            on_step(step, matrix[step].copy())
     return matrix
 
 
