@@ -154,7 +154,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Benchmark 3: wall time of the default simulation with and without the feature cache.",
     )
-    parser.add_argument("--repeats", type=positive_int, default=3, help="Seeds to run, 0 to REPEATS - 1 [default: 3].")
+    parser.add_argument("--repeats", type=positive_int, default=3,
+                        help="Seeds to run, FIRST_SEED to FIRST_SEED + REPEATS - 1 [default: 3].")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="First seed, to add repeats to an earlier measurement [default: 0].")
     add_run_arguments(parser, "speed")
     return parser
 
@@ -164,18 +167,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     overrides = run_options(args, parser)
     work_dir = (args.work_dir or default_work_dir("speed")).resolve()
+    seeds = range(args.first_seed, args.first_seed + args.repeats)
     print(f"run directories, logs and cache folders: {work_dir}", flush=True)
 
     try:
-        per_seed = [measure_seed(seed, overrides, args, work_dir) for seed in range(args.repeats)]
+        per_seed = [measure_seed(seed, overrides, args, work_dir) for seed in seeds]
     except BenchmarkError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
 
     summary, table = summarize(per_seed)
     print("\n" + table)
-    settings = {"repeats": args.repeats, "seeds": list(range(args.repeats)), "run_overrides": overrides,
-                "work_dir": str(work_dir)}
+    settings = {"repeats": args.repeats, "seeds": list(seeds), "run_overrides": overrides, "work_dir": str(work_dir)}
     write_results(args.output, "speed", settings, {"summary": summary, "per_seed": per_seed}, table)
     print(f"results: {args.output} and {args.output.with_suffix('.md')}")
     return 0
