@@ -1,4 +1,4 @@
-"""Where a run's data comes from: the default Fashion-MNIST split into client partitions."""
+"""Data sources of a run: the default Fashion-MNIST, split into client partitions."""
 
 from __future__ import annotations
 

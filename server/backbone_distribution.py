@@ -2,7 +2,7 @@
 
 Two steps, both `query.backbone` messages:
 
-1. Every node gets the backbone's SHA-256 and replies whether its store holds it.
+1. Every node gets the backbone's SHA-256 and replies whether its store has it.
 2. Only the nodes that replied no get the weights; they verify the hash and store them.
 
 After this, rounds carry only the trainable arrays.
@@ -29,7 +29,7 @@ MESSAGE_TYPE = "query.backbone"
 
 @dataclass
 class BackboneDistribution:
-    """What the distribution step sent and to whom."""
+    """Record of the distribution step: bytes sent and which nodes got the weights."""
 
     sha256: str
     bytes_sent: int = 0
@@ -48,7 +48,7 @@ def distribute_backbone(
     sha256: str,
     timeout: float,
 ) -> BackboneDistribution:
-    """Make sure every node in `node_ids` holds the backbone `state` hashing to `sha256`."""
+    """Make sure every node in `node_ids` has the backbone `state` hashing to `sha256`."""
     report = BackboneDistribution(sha256=sha256)
     announce = ConfigRecord({"name": name, "sha256": sha256})
 

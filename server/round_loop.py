@@ -1,8 +1,8 @@
 """The federated round loop: train, aggregate, evaluate, and record what each round cost.
 
 It follows the loop of Flower's `Strategy.start` and adds what that loop does not keep:
-bytes sent and received per round, the replies the guards rejected, and a callback after
-each round so the caller can print a row and write metrics as the run goes.
+bytes sent and received per round and the replies the guards rejected. A callback after
+each round lets the caller print a row and write metrics as the run goes.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Pick the input size: linear-probe accuracy and backbone cost per image at several sizes.
 
-Centralized, no federation: a seeded sample of Fashion-MNIST training images goes through
-the frozen EfficientNet-Lite0 at each size, a linear head trains on the pooled features
-(Adam, 30 epochs), and accuracy is measured on a seeded sample of the test split.
+Centralized, no federation. A seeded sample of Fashion-MNIST training images goes through
+the frozen EfficientNet-Lite0 at each size. A linear head trains on the pooled features
+(Adam, 30 epochs), and its accuracy is measured on a seeded sample of the test split.
 
     python -m fedgraft.simulations.benchmark_image_size --sizes 32,64,96 --train 3000 --test 1000
 """

@@ -78,8 +78,8 @@ class GuardedStrategy(Strategy):
         weights = np.array([_num_examples(message) for message in accepted], dtype=np.float64)
         buffers = self._average_buffers(accepted, weights / weights.sum())
 
-        # The wrapped strategy sees copies without buffers: some Flower strategies pop
-        # arrays out of the replies they aggregate.
+        # The wrapped strategy gets copies without buffers, because some Flower strategies
+        # pop arrays out of the replies they aggregate.
         stripped = [self._without_buffers(message) for message in accepted]
         parameters, metrics = self.inner.aggregate_train(server_round, stripped)
         if parameters is None:

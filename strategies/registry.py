@@ -97,7 +97,7 @@ def build_strategy(cfg: RunConfig) -> Strategy:
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=train_nodes,
         min_evaluate_nodes=evaluate_nodes,
-        # Wait until every expected node is connected, so sampling sees the whole federation.
+        # Wait until every expected node is connected, so sampling covers the whole federation.
         min_available_nodes=cfg.num_clients,
         **spec.options(cfg),
     )
