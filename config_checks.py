@@ -65,6 +65,8 @@ def check_run_config(cfg: RunConfig) -> None:
             f"--num-clients {cfg.num_clients} with --fraction-train {cfg.fraction_train} samples "
             f"{sampled}; raise --num-clients or --fraction-train, or pick another strategy"
         )
+    _check_privacy(cfg, sampled)
+    _check_poisoning(cfg)
 
     # Model.
     _require_choice("backbone", cfg.backbone, available_backbones())
@@ -87,6 +89,83 @@ def check_run_config(cfg: RunConfig) -> None:
              "an integer >= 0 (0 means no cap)")
     _require(0.0 <= cfg.val_fraction < 1.0, "val_fraction", cfg.val_fraction, "a value in [0, 1)")
     _require(cfg.test_samples >= 0, "test_samples", cfg.test_samples, "an integer >= 0 (0 means all)")
+
+    # Federated continual learning: checked as a whole, because the options depend on each other.
+    if cfg.stream:
+        from fedgraft.continual.federated_config import plan_continual_run
+
+        plan_continual_run(cfg)
+
+
+def _check_privacy(cfg: RunConfig, sampled: int) -> None:
+    """Raise ConfigError for dp settings that Flower's DP wrappers reject or that void the guarantee."""
+    from fedgraft.models.transfer import TrainingMode
+    from fedgraft.strategies.privacy import DP_STRATEGIES, DpMode, adaptive_count_stddev
+
+    modes = [mode.value for mode in DpMode if mode is not DpMode.OFF]
+    if cfg.dp and cfg.dp not in modes:
+        raise ConfigError(f"--dp is {cfg.dp!r}, expected one of: {', '.join(modes)}, or empty to turn dp off")
+    if not cfg.dp:
+        return
+    mode = DpMode(cfg.dp)
+    _require(cfg.dp_clipping_norm > 0, "dp_clipping_norm", cfg.dp_clipping_norm, "an L2 norm > 0")
+    _require(cfg.dp_noise_multiplier >= 0, "dp_noise_multiplier", cfg.dp_noise_multiplier,
+             "a value >= 0 (1.0 or more for meaningful privacy)")
+    if cfg.strategy not in DP_STRATEGIES:
+        raise ConfigError(
+            f"--dp {cfg.dp} cannot be combined with --strategy {cfg.strategy}: the noise is sized for a "
+            f"mean of clipped updates, so use --strategy {' or '.join(DP_STRATEGIES)}, or turn dp off"
+        )
+    if TrainingMode(cfg.mode) is not TrainingMode.FEATURE_EXTRACTION:
+        raise ConfigError(
+            f"--dp {cfg.dp} cannot be combined with --mode {cfg.mode}: BatchNorm statistics of trainable "
+            "blocks are averaged without clipping or noise, so use --mode feature-extraction, or turn dp off"
+        )
+    if not mode.is_adaptive:
+        return
+
+    _require(0.0 <= cfg.dp_target_quantile <= 1.0, "dp_target_quantile", cfg.dp_target_quantile, "a value in [0, 1]")
+    _require(cfg.dp_clip_norm_lr > 0, "dp_clip_norm_lr", cfg.dp_clip_norm_lr, "a value > 0")
+    _require(cfg.dp_clipped_count_stddev >= 0, "dp_clipped_count_stddev", cfg.dp_clipped_count_stddev,
+             "a value >= 0 (0 means nodes per round / 20)")
+    # Flower splits the noise budget between the update and the clipped count: the
+    # count's noise must exceed half the requested multiplier (Andrew et al., 2019).
+    count_stddev = adaptive_count_stddev(cfg, sampled)
+    if cfg.dp_noise_multiplier > 0 and cfg.dp_noise_multiplier >= 2 * count_stddev:
+        raise ConfigError(
+            f"--dp-noise-multiplier {cfg.dp_noise_multiplier} is too large for --dp {cfg.dp} with a "
+            f"clipped-count noise of {count_stddev:g} ({sampled} nodes per round); expected a multiplier "
+            f"< {2 * count_stddev:g}, so raise --dp-clipped-count-stddev above "
+            f"{cfg.dp_noise_multiplier / 2:g} or lower --dp-noise-multiplier"
+        )
+
+
+def _check_poisoning(cfg: RunConfig) -> None:
+    """Raise ConfigError unless poisoned-nodes and poison are both empty or both valid."""
+    from fedgraft.client.poisoning import Poison, parse_poisoned_nodes
+
+    if not cfg.poisoned_nodes and not cfg.poison:
+        return
+    if not cfg.poisoned_nodes:
+        raise ConfigError(f"--poison is {cfg.poison!r} but --poisoned-nodes is empty; "
+                          "name the partition ids that send it, such as --poisoned-nodes 0,3")
+    if not cfg.poison:
+        raise ConfigError(f"--poisoned-nodes is {cfg.poisoned_nodes!r} but --poison is empty; "
+                          "expected scale:FACTOR (such as scale:100), sign-flip or nan")
+    try:
+        node_ids = parse_poisoned_nodes(cfg.poisoned_nodes)
+    except ValueError as err:
+        raise ConfigError(f"--poisoned-nodes is {cfg.poisoned_nodes!r}: {err}") from err
+    try:
+        Poison.parse(cfg.poison)
+    except ValueError as err:
+        raise ConfigError(f"--poison is invalid: {err}") from err
+    outside = sorted(node_id for node_id in node_ids if node_id >= cfg.num_clients)
+    if outside:
+        raise ConfigError(
+            f"--poisoned-nodes names partition {outside[0]}, but --num-clients {cfg.num_clients} "
+            f"has partitions 0 to {cfg.num_clients - 1}; name existing partitions"
+        )
 
 
 def check_clients_fit_samples(cfg: RunConfig, num_samples: int) -> None:

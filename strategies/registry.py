@@ -20,6 +20,7 @@ from flwr.serverapp.strategy import (
 )
 
 from fedgraft.config import RunConfig
+from fedgraft.strategies.privacy import wrap_with_privacy
 
 __all__ = ["StrategySpec", "STRATEGIES", "build_strategy", "min_train_nodes"]
 
@@ -88,11 +89,14 @@ def min_train_nodes(cfg: RunConfig) -> int:
 
 
 def build_strategy(cfg: RunConfig) -> Strategy:
-    """Create the Flower strategy that `cfg.strategy` names, sized for `cfg.num_clients`."""
+    """Create the Flower strategy that `cfg.strategy` names, sized for `cfg.num_clients`.
+
+    With `cfg.dp` set, the strategy comes wrapped in Flower's DP wrapper of that mode.
+    """
     spec = STRATEGIES[cfg.strategy]
     train_nodes = min_train_nodes(cfg)
     evaluate_nodes = max(1, math.floor(cfg.num_clients * cfg.fraction_evaluate))
-    return spec.factory(
+    strategy = spec.factory(
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=train_nodes,
@@ -101,3 +105,4 @@ def build_strategy(cfg: RunConfig) -> Strategy:
         min_available_nodes=cfg.num_clients,
         **spec.options(cfg),
     )
+    return wrap_with_privacy(strategy, cfg, num_sampled_nodes=train_nodes)
