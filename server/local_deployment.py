@@ -1,0 +1,307 @@
+"""A TLS-authenticated Flower deployment on 127.0.0.1: one SuperLink and its SuperNodes.
+
+`LocalDeployment` starts `flower-superlink` in deployment mode (no `--simulation`) with
+TLS and `--enable-supernode-auth`. It registers SuperNode public keys with
+`flwr supernode register` and starts `flower-supernode` processes that authenticate with
+their private keys. It submits the app with `flwr run`, and on exit it stops every
+process it started, children included. The deployment tests and the load benchmark use
+it, and `docs/deployment.md` runs the same commands by hand.
+
+Everything listens on 127.0.0.1 and on free ports. FLWR_HOME is a private folder under
+the work directory, telemetry and update checks are off, and runtime dependency
+installation is disabled, so the app runs in the current environment and nothing is
+downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import psutil
+
+from fedgraft.server.certificates import CertificateFiles
+from fedgraft.server.local_superlink import _executable, _free_port, _port_open, format_run_config
+
+__all__ = ["DeploymentError", "LocalDeployment", "SuperNodeProcess", "stop_process_tree"]
+
+logger = logging.getLogger(__name__)
+
+FEDERATION = "fedgraft-deployment"
+STARTUP_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 15.0
+CLI_TIMEOUT_S = 60.0
+
+
+class DeploymentError(RuntimeError):
+    """A process of the local deployment failed to start, register or finish in time."""
+
+
+def stop_process_tree(process: subprocess.Popen | None, timeout: float = STOP_TIMEOUT_S) -> None:
+    """Terminate `process` and all its descendants, then kill those still alive after `timeout` s."""
+    if process is None:
+        return
+    try:
+        root = psutil.Process(process.pid)
+        family = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        family = []
+    for member in family:
+        try:
+            member.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(family, timeout=timeout)
+    for member in alive:
+        logger.warning("process %d did not stop within %.0f s of SIGTERM, killing it", member.pid, timeout)
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)
+    if process.poll() is None:
+        process.wait(timeout=timeout)
+
+
+class SuperNodeProcess:
+    """One `flower-supernode` process and its log file."""
+
+    def __init__(self, name: str, process: subprocess.Popen, log_path: Path) -> None:
+        self.name = name
+        self.process = process
+        self.log_path = log_path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def wait(self, timeout: float) -> int | None:
+        """Return the exit code, or None when the node is still running after `timeout` s."""
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def stop(self) -> None:
+        stop_process_tree(self.process)
+
+
+class LocalDeployment:
+    """A SuperLink with TLS and node authentication, and the SuperNodes started through it.
+
+    Use it as `with LocalDeployment(work_dir, certificates) as deployment:`, which starts
+    the SuperLink and stops every process on exit.
+
+    `certificates` are the files that `fedgraft.server.certificates` wrote. The SuperLink
+    uses the CA, its certificate and its key. SuperNodes and the `flwr` CLI verify it
+    with `certificates.ca_certificate` unless a test passes another root certificate.
+    """
+
+    def __init__(self, work_dir: Path, certificates: CertificateFiles) -> None:
+        self.work_dir = Path(work_dir)
+        self.certificates = certificates
+        self.flwr_home = self.work_dir / "flwr-home"
+        self.log_path = self.work_dir / "superlink.log"
+        # Flower 1.42 serves the Control, Fleet and Runtime APIs on this one HTTPS port.
+        self.port = _free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.nodes: list[SuperNodeProcess] = []
+        self._superlink: subprocess.Popen | None = None
+
+    @property
+    def superlink_pid(self) -> int | None:
+        return self._superlink.pid if self._superlink is not None else None
+
+    def env(self) -> dict[str, str]:
+        """Environment for every Flower process and command of this deployment."""
+        env = dict(os.environ)
+        env["FLWR_HOME"] = str(self.flwr_home)
+        # The SuperLink and SuperNodes start `flower-superexec` and the app processes by name.
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+        env["FLWR_TELEMETRY_ENABLED"] = "0"
+        env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+        env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+        return env
+
+    def __enter__(self) -> LocalDeployment:
+        try:
+            self.start_superlink()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def start_superlink(self) -> None:
+        """Start the SuperLink with TLS and node authentication; return once its port accepts connections."""
+        self.flwr_home.mkdir(parents=True, exist_ok=True)
+        (self.flwr_home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{FEDERATION}"\n\n'
+            f'[superlink.{FEDERATION}]\naddress = "{self.address}"\n'
+            f'root-certificates = "{self.certificates.ca_certificate.resolve()}"\n'
+        )
+        command = [
+            _executable("flower-superlink"),
+            "--ssl-ca-certfile", str(self.certificates.ca_certificate),
+            "--ssl-certfile", str(self.certificates.server_certificate),
+            "--ssl-keyfile", str(self.certificates.server_key),
+            "--enable-supernode-auth",
+            "--isolation", "subprocess",
+            "--disable-runtime-dependency-installation",
+            "--host", "127.0.0.1",
+            "--port", str(self.port),
+            "--database", str(self.work_dir / "superlink.db"),
+        ]
+        self._superlink = _start(command, self.env(), self.log_path)
+
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self._superlink.poll() is not None:
+                raise DeploymentError(
+                    f"flower-superlink exited with code {self._superlink.returncode} during startup. "
+                    f"See {self.log_path}"
+                )
+            if _port_open(self.port):
+                logger.info("SuperLink ready on %s with TLS and node authentication (log: %s)", self.address, self.log_path)
+                return
+            time.sleep(0.2)
+        raise DeploymentError(
+            f"flower-superlink did not open port {self.port} within {STARTUP_TIMEOUT_S:.0f} s. See {self.log_path}"
+        )
+
+    def register_node(self, public_key: Path) -> int:
+        """Register a SuperNode public key (OpenSSH format) with the SuperLink; return its node id."""
+        result = self._flwr(["supernode", "register", str(public_key), FEDERATION, "--format", "json"])
+        try:
+            reply = json.loads(result.stdout)
+        except json.JSONDecodeError:
+            reply = {}
+        if result.returncode != 0 or not reply.get("success"):
+            raise DeploymentError(
+                f"flwr supernode register {public_key} failed with exit code {result.returncode}: "
+                f"{(result.stdout + result.stderr).strip()[-2000:]}"
+            )
+        node_id = int(reply["node-id"])
+        logger.info("registered SuperNode %d with public key %s", node_id, public_key)
+        return node_id
+
+    def list_nodes(self) -> list[dict[str, Any]]:
+        """Return the SuperLink's node table from `flwr supernode ls --format json`."""
+        result = self._flwr(["supernode", "ls", FEDERATION, "--format", "json"])
+        if result.returncode != 0:
+            raise DeploymentError(
+                f"flwr supernode ls failed with exit code {result.returncode}: {(result.stdout + result.stderr).strip()[-2000:]}"
+            )
+        return list(json.loads(result.stdout).get("nodes", []))
+
+    def wait_for_online_nodes(self, count: int, timeout: float) -> list[dict[str, Any]]:
+        """Poll the node table until `count` nodes are online; raise DeploymentError after `timeout` s."""
+        deadline = time.monotonic() + timeout
+        online: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            online = [node for node in self.list_nodes() if node.get("status") == "online"]
+            if len(online) >= count:
+                return online
+            exited = [node.name for node in self.nodes if node.process.poll() is not None]
+            if exited:
+                raise DeploymentError(
+                    f"SuperNodes {exited} exited while waiting for {count} online nodes. "
+                    f"See their logs in {self.work_dir}"
+                )
+            time.sleep(1.0)
+        raise DeploymentError(f"only {len(online)} of {count} SuperNodes came online within {timeout:.0f} s")
+
+    def start_supernode(
+        self,
+        name: str,
+        private_key: Path,
+        node_config: Mapping[str, Any],
+        root_certificates: Path | None = None,
+        max_retries: int = 3,
+        max_wait_time: float = 30.0,
+    ) -> SuperNodeProcess:
+        """Start a SuperNode that authenticates with `private_key`, without waiting for it to connect.
+
+        `max_retries` and `max_wait_time` (seconds) bound how long the node tries to reach
+        the SuperLink before it gives up. `root_certificates` defaults to the deployment's CA.
+        """
+        log_path = self.work_dir / f"{name}.log"
+        command = [
+            _executable("flower-supernode"),
+            "--superlink", self.address,
+            "--root-certificates", str(root_certificates or self.certificates.ca_certificate),
+            "--auth-supernode-private-key", str(private_key),
+            "--node-config", format_run_config(dict(node_config)),
+            "--isolation", "subprocess",
+            # Each SuperNode serves its own Runtime API to its ClientApp processes.
+            "--host", "127.0.0.1",
+            "--port", str(_free_port()),
+            "--max-retries", str(max_retries),
+            "--max-wait-time", str(max_wait_time),
+        ]
+        node = SuperNodeProcess(name, _start(command, self.env(), log_path), log_path)
+        self.nodes.append(node)
+        logger.info("started SuperNode %s (pid %d, log: %s)", name, node.pid, log_path)
+        return node
+
+    def run_app(
+        self,
+        app_dir: Path,
+        run_config: Mapping[str, Any],
+        timeout: float,
+        output: IO[str] | None = None,
+    ) -> subprocess.CompletedProcess:
+        """Submit the Flower App in `app_dir` and stream its logs until it ends.
+
+        Raises DeploymentError when the run takes longer than `timeout` seconds.
+        """
+        command = [
+            _executable("flwr"), "run", str(app_dir), FEDERATION, "--stream",
+            "--run-config", format_run_config(dict(run_config)),
+        ]
+        try:
+            return subprocess.run(
+                command,
+                env=self.env(),
+                timeout=timeout,
+                stdout=output if output is not None else subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        except subprocess.TimeoutExpired as err:
+            raise DeploymentError(f"the run did not finish within {timeout:.0f} s. See {self.log_path}") from err
+
+    def stop(self) -> None:
+        """Stop every SuperNode, then the SuperLink, with all their child processes."""
+        for node in self.nodes:
+            stop_process_tree(node.process)
+        superlink, self._superlink = self._superlink, None
+        stop_process_tree(superlink)
+
+    def _flwr(self, arguments: list[str]) -> subprocess.CompletedProcess:
+        try:
+            return subprocess.run(
+                [_executable("flwr"), *arguments],
+                env=self.env(), capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
+            )
+        except subprocess.TimeoutExpired as err:
+            raise DeploymentError(f"flwr {' '.join(arguments)} did not finish within {CLI_TIMEOUT_S:.0f} s") from err
+
+
+def _start(command: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start `command` with stdout and stderr appended to `log_path`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
