@@ -2,8 +2,8 @@
 
 This exists to measure how the aggregation strategies and guards hold up against a
 faulty or malicious node. `poisoned-nodes` lists simulated partition ids and `poison`
-says what those nodes do to their update, the trained arrays minus the round's global
-arrays:
+names the change those nodes apply to their update, the trained arrays minus the
+round's global arrays:
 
 - `scale:F` multiplies the update by F (a boosted update, such as scale:100);
 - `sign-flip` negates it, so the node pushes the model away from its own data;
@@ -35,7 +35,7 @@ SCALE_PREFIX = "scale:"
 
 
 class PoisonKind(str, Enum):
-    """What a poisoned node does to its update."""
+    """The change a poisoned node applies to its update."""
 
     SCALE = "scale"
     SIGN_FLIP = "sign-flip"

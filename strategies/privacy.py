@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 DP_STRATEGIES = ("fedavg", "fedprox")
 
 class DpMode(str, Enum):
-    """Where updates are clipped and how the clipping norm is chosen."""
+    """A `--dp` setting: the side that clips updates and the rule for the clipping norm."""
 
     OFF = ""
     SERVER_FIXED = "server-fixed"
@@ -134,6 +134,9 @@ class UniformNodeWeights(Strategy):
     come in another order would be clipped against the wrong arrays.
     Federated evaluation stays weighted by each node's validation-set size.
 
+    The noise comes from OS entropy, not from --seed, so runs with dp are not
+    bit-for-bit repeatable.
+
     With `drop_zero_updates`, a reply identical to the global arrays is dropped and
     logged, because Flower 1.42's server-side clipping divides by the update's norm and
     would raise ZeroDivisionError on it.
@@ -154,18 +157,28 @@ class UniformNodeWeights(Strategy):
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        kept = []
+        accepted = []
         for message in replies:
             if message.has_error():
-                kept.append(message)
+                accepted.append(message)
                 continue
             message.content = self._uniform_content(message.content)
             if self.drop_zero_updates and self._is_zero_update(message):
                 logger.warning("round %d: dropped the train reply of node %d: its update is all zero, "
                                "which the DP clipping cannot scale", server_round, message.metadata.src_node_id)
                 continue
-            kept.append(message)
-        return self.inner.aggregate_train(server_round, kept)
+            accepted.append(message)
+
+        # Flower draws the DP noise from numpy's global generator, which the ServerApp
+        # seeds with --seed. Noise that anyone can replay from a known seed protects
+        # nothing, so the wrapper draws from fresh OS entropy and then restores the
+        # generator, leaving the rest of the run as seeded.
+        seeded_state = np.random.get_state()
+        np.random.seed(None)
+        try:
+            return self.inner.aggregate_train(server_round, accepted)
+        finally:
+            np.random.set_state(seeded_state)
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid

@@ -90,7 +90,6 @@ def test_server_fixed_pairs_arrays_by_key_not_position():
 
 
 def test_noise_stddev_is_multiplier_clip_over_nodes():
-    np.random.seed(0)  # Flower draws the noise from numpy's global generator
     strategy = dp_strategy("server-fixed", noise=1.0, clip=2.0)
     configure(strategy, {"w": np.zeros(20_000, dtype=np.float32)})
     update = {"w": np.full(20_000, 1e-3, dtype=np.float32)}
@@ -101,6 +100,21 @@ def test_noise_stddev_is_multiplier_clip_over_nodes():
     noise = arrays["w"].numpy() - 1e-3
     assert noise.std() == pytest.approx(1.0, rel=0.03)
     assert abs(noise.mean()) < 0.05
+
+
+def test_noise_not_replayable_from_seed():
+    update = {"w": np.full(100, 1e-3, dtype=np.float32)}
+    results = []
+    for _ in range(2):
+        np.random.seed(0)
+        strategy = dp_strategy("server-fixed", noise=1.0)
+        configure(strategy, {"w": np.zeros(100, dtype=np.float32)})
+        arrays, _ = strategy.aggregate_train(1, [train_reply(1, update, 4), train_reply(2, update, 4)])
+        results.append(arrays["w"].numpy())
+        # The seeded generator is left where it was, so the rest of the run stays repeatable.
+        assert np.random.random() == np.random.RandomState(0).random()
+
+    assert not np.array_equal(results[0], results[1])
 
 
 def test_zero_update_dropped_not_divided_by():
@@ -116,7 +130,7 @@ def test_zero_update_dropped_not_divided_by():
     np.testing.assert_allclose(arrays["a"].numpy(), [0.5])
 
 
-def test_client_fixed_sends_clipping_norm_and_only_adds_noise():
+def test_client_fixed_server_only_adds_noise():
     strategy = dp_strategy("client-fixed", clip=0.7)
     messages = configure(strategy, ZERO)
 
@@ -129,7 +143,6 @@ def test_client_fixed_sends_clipping_norm_and_only_adds_noise():
 
 
 def test_server_adaptive_lowers_norm_when_all_clipped():
-    np.random.seed(0)
     strategy = dp_strategy("server-adaptive", clip=1.0, dp_clipped_count_stddev=1e-9)
     configure(strategy, ZERO)
     big = {"a": np.array([30.0], np.float32), "b": np.array([40.0], np.float32)}
