@@ -17,7 +17,7 @@ from typing import Any
 __all__ = ["ConfigError", "RunConfig", "OPTION_GROUPS"]
 
 # Option groups, in the order `fedgraft simulate --help` and the README list them.
-OPTION_GROUPS = ("federation", "local training", "strategy", "model", "data", "output")
+OPTION_GROUPS = ("federation", "local training", "strategy", "continual", "model", "data", "output")
 
 STRATEGY_NAMES = (
     "fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm", "fedmedian",
@@ -75,6 +75,68 @@ class RunConfig:
     tau: float = _option(1e-3, "strategy", "Adaptivity constant tau (fedadam, fedyogi, fedadagrad).")
     trim_beta: float = _option(0.2, "strategy", "Fraction cut from each end (fedtrimmedavg only).")
     num_malicious_nodes: int = _option(0, "strategy", "Number of malicious nodes assumed (krum only).")
+    # Differential privacy: one of Flower's DP strategy wrappers around the strategy. Off while `dp` is empty.
+    dp: str = _option(
+        "", "strategy",
+        "Differential privacy: server-fixed, server-adaptive, client-fixed or client-adaptive "
+        "clipping with Gaussian noise; empty turns it off. Needs fedavg or fedprox and feature-extraction.",
+    )
+    dp_clipping_norm: float = _option(
+        1.0, "strategy",
+        "L2 norm that each node's update is clipped to (dp); the starting norm for the adaptive modes.",
+    )
+    dp_noise_multiplier: float = _option(
+        1.0, "strategy",
+        "Gaussian noise standard deviation as a multiple of the clipping norm, before dividing by "
+        "the nodes per round (dp); 0 clips without noise and gives no privacy.",
+    )
+    dp_target_quantile: float = _option(
+        0.5, "strategy", "Fraction of updates the adaptive clipping norm aims to clip (adaptive dp only)."
+    )
+    dp_clip_norm_lr: float = _option(
+        0.2, "strategy", "Geometric learning rate of the adaptive clipping norm (adaptive dp only)."
+    )
+    dp_clipped_count_stddev: float = _option(
+        0.0, "strategy",
+        "Noise standard deviation on the count of clipped updates (adaptive dp only); "
+        "0 means Flower's default of nodes per round / 20.",
+    )
+    # Simulation only: chosen nodes send a poisoned update, to measure robust strategies.
+    poisoned_nodes: str = _option(
+        "", "strategy",
+        "Comma-separated partition ids of simulated nodes that send poisoned updates; empty means none.",
+    )
+    poison: str = _option(
+        "", "strategy",
+        "How the poisoned nodes change their update: scale:FACTOR (such as scale:100), sign-flip or nan.",
+    )
+
+    # Federated continual learning: a task stream met by every node. Off while `stream` is empty.
+    stream: str = _option(
+        "", "continual",
+        "Task stream the nodes learn in sequence, such as split-fmnist; empty runs the single-task job.",
+    )
+    num_tasks: int = _option(0, "continual", "Tasks in the stream; 0 means the stream's default.")
+    rounds_per_task: int = _option(
+        0, "continual",
+        "Rounds each node trains on one task; 0 means rounds // num-tasks. "
+        "A continual run lasts num-tasks * rounds-per-task rounds plus the largest task lag.",
+    )
+    task_lags: str = _option(
+        "", "continual",
+        "Comma-separated lags in rounds, one per node by partition id and repeated if shorter; "
+        "a node with lag L meets each task L rounds later. Empty means all nodes move together.",
+    )
+    cl_strategy: str = _option(
+        "naive", "continual",
+        "Continual strategy on every node: naive, cumulative, replay, latent-replay, ewc, lwf, si, gem or agem.",
+    )
+    buffer_size: int = _option(
+        200, "continual", "Replay buffer capacity of each node in samples (replay, latent-replay, gem, agem)."
+    )
+    ewc_lambda: float = _option(1.0, "continual", "Weight of the EWC penalty (ewc only).")
+    lwf_alpha: float = _option(1.0, "continual", "Weight of the LwF distillation loss (lwf only).")
+    lwf_temperature: float = _option(2.0, "continual", "Softmax temperature of the LwF distillation (lwf only).")
 
     # Model: backbone, weights, head and what trains.
     backbone: str = _option("efficientnet_lite0", "model", "Backbone name from the registry.")
