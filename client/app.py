@@ -6,8 +6,11 @@ Message types it handles:
   its store has it. When the message carries the weights, the node verifies and stores
   them.
 - `train`: load the round's trainable arrays, train on the node's private data, reply with
-  the updated arrays and `num-examples` (the training-set size, not a batch count).
-- `evaluate`: reply with loss and accuracy on the node's validation split.
+  the updated arrays and `num-examples` (the training-set size, not a batch count). In a
+  continual run (`stream` set) the node trains on its current task with its continual
+  strategy, see `fedgraft.client.continual_node`.
+- `evaluate`: reply with loss and accuracy on the node's validation split, per task in a
+  continual run.
 
 Private images never leave the node: replies carry only parameter arrays and metrics.
 """
@@ -21,7 +24,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from fedgraft.client.backbone_store import BackboneStore
+from fedgraft.client.continual_node import ContinualNode, open_continual_node
 from fedgraft.client.node_session import NodeSession, open_session
+from fedgraft.client.poisoning import poison_reply_arrays
+from fedgraft.client.privacy import dp_clipping_mod
 from fedgraft.client.training import SGDSettings, evaluate_features, train_on_features
 from fedgraft.config import RunConfig
 from fedgraft.log_setup import configure_logging
@@ -31,7 +37,8 @@ __all__ = ["app"]
 
 logger = logging.getLogger(__name__)
 
-app = ClientApp()
+# The mod clips train updates only in runs with client-side differential privacy.
+app = ClientApp(mods=[dp_clipping_mod])
 
 
 def _store(context: Context, cfg: RunConfig) -> BackboneStore:
@@ -55,8 +62,23 @@ def train(msg: Message, context: Context) -> Message:
     """Train the trainable part on this node's data, starting from the round's global arrays."""
     cfg = RunConfig.from_run_config(context.run_config)
     config = msg.content["config"]
-    session = _session(context, cfg, str(config["backbone-sha256"]))
     incoming = to_state_dict(msg.content["arrays"])
+    if cfg.stream:
+        node = _continual_node(context, cfg, str(config["backbone-sha256"]))
+        node.model.load_trainable_state_dict(incoming)
+        metrics = MetricRecord(node.train_round(int(config["server-round"]), str(config["continual-run"])))
+        arrays = to_array_record(node.model.trainable_state_dict())
+    else:
+        metrics, arrays = _train_single_task(context, cfg, config, incoming)
+
+    arrays = poison_reply_arrays(arrays, msg.content["arrays"], cfg, context.node_config)
+    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+def _train_single_task(
+    context: Context, cfg: RunConfig, config: ConfigRecord, incoming: dict[str, torch.Tensor]
+) -> tuple[MetricRecord, ArrayRecord]:
+    session = _session(context, cfg, str(config["backbone-sha256"]))
     session.model.load_trainable_state_dict(incoming)
 
     settings = SGDSettings(
@@ -81,8 +103,7 @@ def train(msg: Message, context: Context) -> Message:
         "train-loss": result.loss,
         "train-accuracy": result.accuracy,
     })
-    arrays = to_array_record(session.model.trainable_state_dict())
-    return Message(content=RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+    return metrics, to_array_record(session.model.trainable_state_dict())
 
 
 @app.evaluate()
@@ -90,6 +111,11 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the round's global arrays on this node's validation split."""
     cfg = RunConfig.from_run_config(context.run_config)
     config = msg.content["config"]
+    if cfg.stream:
+        node = _continual_node(context, cfg, str(config["backbone-sha256"]))
+        node.model.load_trainable_state_dict(to_state_dict(msg.content["arrays"]))
+        return Message(content=RecordDict({"metrics": MetricRecord(node.evaluate_round())}), reply_to=msg)
+
     session = _session(context, cfg, str(config["backbone-sha256"]))
     session.model.load_trainable_state_dict(to_state_dict(msg.content["arrays"]))
     result = evaluate_features(session.model, session.val_inputs, session.val_labels, encode=session.encode)
@@ -108,6 +134,17 @@ def _session(context: Context, cfg: RunConfig, backbone_sha256: str) -> NodeSess
         cfg=cfg,
         node_config=dict(context.node_config),
         store=_store(context, cfg),
+        backbone_sha256=backbone_sha256,
+    )
+
+
+def _continual_node(context: Context, cfg: RunConfig, backbone_sha256: str) -> ContinualNode:
+    configure_logging()
+    return open_continual_node(
+        run_id=context.run_id,
+        cfg=cfg,
+        node_config=dict(context.node_config),
+        backbones=_store(context, cfg),
         backbone_sha256=backbone_sha256,
     )
 

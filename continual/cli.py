@@ -12,10 +12,7 @@ seconds and ``--help`` should not wait for it.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from fedgraft.config import ConfigError
+from fedgraft.continual.avalanche_warnings import hide_avalanche_deprecations
 from fedgraft.continual.run_config import ContinualConfig
 
 if TYPE_CHECKING:
@@ -89,7 +87,7 @@ def _run(options: dict[str, Any], min_strategies: int) -> None:
     run_dir = resolve_run_dir(cfg)
     comparison = len(cfg.strategies) > 1
     results = []
-    with _ProgressDisplay() as display, _without_avalanche_internal_deprecations():
+    with _ProgressDisplay() as display, hide_avalanche_deprecations():
         for name in cfg.strategies:
             result = run_experiment(cfg, name, display.update, prepared)
             results.append(result)
@@ -100,27 +98,6 @@ def _run(options: dict[str, Any], min_strategies: int) -> None:
         write_comparison(results, cfg, run_dir, strategy_folders=False)
 
     _print_results(results, run_dir, comparison)
-
-
-@contextlib.contextmanager
-def _without_avalanche_internal_deprecations() -> Iterator[None]:
-    """Hide the DeprecationWarnings raised from Avalanche's own code, and show the others.
-
-    avalanche-lib 0.6's ReplayPlugin and GDumbPlugin call a deprecated buffer method at
-    every experience, and its @deprecated decorator resets the warning filter each time,
-    so a filter cannot hide them. Replacing showwarning can. The user cannot act on these
-    warnings, because they point at Avalanche's code, not at fedgraft's or the user's.
-    """
-    with warnings.catch_warnings():
-        original = warnings.showwarning
-
-        def show(message, category, filename, lineno, file=None, line=None) -> None:
-            internal = issubclass(category, DeprecationWarning) and f"{os.sep}avalanche{os.sep}" in filename
-            if not internal:
-                original(message, category, filename, lineno, file, line)
-
-        warnings.showwarning = show
-        yield
 
 
 class _ProgressDisplay:

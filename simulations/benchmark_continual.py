@@ -137,7 +137,7 @@ def build_configs(args: argparse.Namespace, work_dir: Path) -> tuple[ContinualCo
 
 def run_strategies(features_cfg: ContinualConfig, images_cfg: ContinualConfig) -> list[ContinualResult]:
     """Train every strategy on one prepared stream and write each one's run directory."""
-    from fedgraft.continual.cli import _without_avalanche_internal_deprecations
+    from fedgraft.continual.avalanche_warnings import hide_avalanche_deprecations
     from fedgraft.continual.experiment import prepare, run_experiment
 
     started = time.perf_counter()
@@ -156,7 +156,7 @@ def run_strategies(features_cfg: ContinualConfig, images_cfg: ContinualConfig) -
         cfg = images_cfg if name == IMAGE_STRATEGY else features_cfg
         # Hides the DeprecationWarnings that Avalanche's replay and GDumb plugins raise from
         # inside Avalanche at every experience, as `fedgraft continual` does.
-        with _without_avalanche_internal_deprecations():
+        with hide_avalanche_deprecations():
             result = run_experiment(cfg, name, progress, prepared)
         summary = result.summary
         print(

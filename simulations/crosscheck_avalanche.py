@@ -52,7 +52,7 @@ from torch import nn
 
 from fedgraft.config import ConfigError
 from fedgraft.continual.avalanche_adapter import feature_benchmark
-from fedgraft.continual.cli import _without_avalanche_internal_deprecations
+from fedgraft.continual.avalanche_warnings import hide_avalanche_deprecations
 from fedgraft.continual.experiment import PreparedStream, prepare, run_experiment
 from fedgraft.continual.run_config import ContinualConfig, InputKind
 from fedgraft.data.feature_cache import FeatureCache
@@ -303,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
 
     per_method = {}
     for method, fedgraft_name in METHODS.items():
-        with _without_avalanche_internal_deprecations():
+        with hide_avalanche_deprecations():
             direct = run_avalanche(method, avalanche_benchmark, prepared, args)
             ours = run_experiment(cfg, fedgraft_name, prepared=prepared)
         identical_head = same_initial_head(prepared, args.seed, direct.pop("initial_parameters"))
