@@ -40,13 +40,23 @@ def print_report(run_dir: Path, console: Console | None = None) -> None:
         )
     console.print(table)
 
+    summary = metrics.get("summary") or {}
     if config:
+        rounds = summary.get("rounds", config.get("rounds"))
         console.print(
-            f"config: {config.get('num-clients')} clients, {config.get('rounds')} rounds, "
+            f"config: {config.get('num-clients')} clients, {rounds} rounds, "
             f"strategy {config.get('strategy')}, backbone {config.get('backbone')} ({config.get('mode')}), "
             f"partition {config.get('partition')} (alpha {config.get('alpha')}), seed {config.get('seed')}"
         )
-    summary = metrics.get("summary") or {}
+    continual = summary.get("continual")
+    if continual:
+        console.print(
+            f"continual: stream {continual['stream']}, {continual['num_tasks']} tasks x "
+            f"{continual['rounds_per_task']} rounds, node strategy {continual['cl_strategy']}; "
+            f"average accuracy [bold]{_cell(continual['average_accuracy'])}[/bold], "
+            f"forgetting {_cell(continual['average_forgetting'])}, BWT {_cell(continual['backward_transfer'])}, "
+            f"FWT {_cell(continual['forward_transfer'])} (matrix.json, node-forgetting.json, task-curves.png)"
+        )
     if summary:
         console.print(
             f"final test accuracy: [bold]{_cell(summary.get('final_test_accuracy'))}[/bold], "

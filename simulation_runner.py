@@ -43,7 +43,10 @@ def preflight(cfg: RunConfig) -> SimulationPlan:
     try:
         data = training_data(cfg.data_dir)
         check_clients_fit_samples(cfg, len(data))
-        splits = client_partitions(cfg)
+        if cfg.stream:
+            client_sizes = _continual_client_sizes(cfg)
+        else:
+            client_sizes = [(len(split.train), len(split.val)) for split in client_partitions(cfg)]
     except (DataError, PartitionError) as err:
         raise ConfigError(str(err)) from err
 
@@ -59,9 +62,32 @@ def preflight(cfg: RunConfig) -> SimulationPlan:
         raise ConfigError(f"run directory {run_dir} already contains a run; pass another --run-dir or remove it")
     return SimulationPlan(
         run_dir=run_dir,
-        client_sizes=[(len(split.train), len(split.val)) for split in splits],
+        client_sizes=client_sizes,
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
     )
+
+
+def _continual_client_sizes(cfg: RunConfig) -> list[tuple[int, int]]:
+    """Return each node's (train, validation) images over all tasks of the stream."""
+    from fedgraft.continual.errors import StreamError
+    from fedgraft.continual.federated_config import plan_continual_run
+    from fedgraft.continual.federated_data import node_tasks
+
+    plan = plan_continual_run(cfg)
+    try:
+        shares = [node_tasks(cfg, plan, partition) for partition in range(cfg.num_clients)]
+    except StreamError as err:
+        raise ConfigError(str(err)) from err
+    return [(sum(len(t.train) for t in tasks), sum(len(t.val) for t in tasks)) for tasks in shares]
+
+
+def total_rounds(cfg: RunConfig) -> int:
+    """Return the rounds the run lasts: `rounds`, or the task schedule's length with a stream."""
+    if not cfg.stream:
+        return cfg.rounds
+    from fedgraft.continual.federated_config import plan_continual_run
+
+    return plan_continual_run(cfg).schedule.total_rounds
 
 
 def run_simulation_job(cfg: RunConfig, plan: SimulationPlan) -> int:
@@ -71,10 +97,13 @@ def run_simulation_job(cfg: RunConfig, plan: SimulationPlan) -> int:
     from fedgraft.server.run_directory import read_metrics
 
     empty = [index for index, (train, _) in enumerate(plan.client_sizes) if train == 0]
+    rounds = total_rounds(cfg)
     console.print(
-        f"[bold]fedgraft[/bold]: {cfg.num_clients} clients, {cfg.rounds} rounds, {cfg.strategy}, "
+        f"[bold]fedgraft[/bold]: {cfg.num_clients} clients, {rounds} rounds, {cfg.strategy}, "
         f"{cfg.backbone} ({cfg.mode}, {plan.trainable_parameters:,} trainable parameters)"
     )
+    if cfg.stream:
+        console.print(f"continual: stream {cfg.stream}, node strategy {cfg.cl_strategy}")
     sizes = ", ".join(str(train) for train, _ in plan.client_sizes)
     console.print(f"training examples per client: {sizes}")
     if empty:
@@ -86,7 +115,7 @@ def run_simulation_job(cfg: RunConfig, plan: SimulationPlan) -> int:
     plan.run_dir.mkdir(parents=True, exist_ok=True)
     try:
         with LocalSuperLink(plan.run_dir / "flower") as link:
-            link.run_app(APP_DIR, run_config, cfg.num_clients, timeout=cfg.round_timeout * (cfg.rounds + 2))
+            link.run_app(APP_DIR, run_config, cfg.num_clients, timeout=cfg.round_timeout * (rounds + 2))
     except SuperLinkError as err:
         console.print(f"[red]error:[/red] {err}")
         return 1

@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
+from collections.abc import Callable
 import time
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import torch
-from flwr.app import ConfigRecord, Context
+from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedgraft.config import RunConfig
 from fedgraft.data.feature_cache import FeatureCache, progress_logger
+from fedgraft.data.image_arrays import ImageArrays
 from fedgraft.data.sources import test_data
 from fedgraft.log_setup import configure_logging
 from fedgraft.models.factory import build_transfer_model
 from fedgraft.models.state import state_dict_sha256, to_array_record, to_state_dict
+from fedgraft.models.transfer import TransferModel
 from fedgraft.server.backbone_distribution import distribute_backbone
 from fedgraft.server.central_evaluation import CentralEvaluator
+from fedgraft.server.continual_job import run_continual_rounds
 from fedgraft.server.node_order import NodeOrderedGrid, wait_for_nodes
 from fedgraft.server.progress import TABLE_HEADER, format_round
 from fedgraft.server.round_loop import RoundRecord, run_rounds
@@ -68,38 +73,25 @@ def main(grid: Grid, context: Context) -> None:
     distribution = distribute_backbone(grid, node_ids, cfg.backbone, backbone_state, sha256, cfg.round_timeout)
     ordered_grid = NodeOrderedGrid(grid, distribution.node_names)
 
-    logger.info("computing the frozen backbone's features for %d test images", len(test))
-    features = FeatureCache(cfg.cache_dir).features_for(
-        model, sha256, test, cfg.image_size, progress=progress_logger("server: test features")
-    )
-    evaluator = CentralEvaluator(model, features, torch.from_numpy(test.labels).long())
-
+    strategy = GuardedStrategy(build_strategy(cfg), buffer_keys=frozenset(model.trainable_buffer_names()))
     # Round 0: the untrained head, and the cost of distributing the backbone.
-    initial = evaluator(0, initial_arrays)
     round_zero = RoundRecord(
         round=0,
-        test_loss=float(initial["test-loss"]),
-        test_accuracy=float(initial["test-accuracy"]),
         bytes_sent=distribution.bytes_sent,
         bytes_received=distribution.bytes_received,
         seconds=time.monotonic() - started,
     )
     logger.info("%s", TABLE_HEADER)
-    _report(run_dir, round_zero)
-
-    strategy = GuardedStrategy(build_strategy(cfg), buffer_keys=frozenset(model.trainable_buffer_names()))
-    round_config = ConfigRecord({"backbone-sha256": sha256})
-    final_arrays = run_rounds(
-        strategy,
-        ordered_grid,
-        initial_arrays,
-        num_rounds=cfg.rounds,
-        train_config=round_config,
-        evaluate_config=round_config,
-        evaluate_fn=evaluator,
-        timeout=cfg.round_timeout,
-        on_round=lambda record, _arrays: _report(run_dir, record),
-    )
+    report = functools.partial(_report, run_dir)
+    if cfg.stream:
+        final_arrays, extra_summary = run_continual_rounds(
+            cfg, run_dir, model, sha256, ordered_grid, distribution.node_names,
+            strategy, initial_arrays, round_zero, report,
+        )
+    else:
+        final_arrays = _run_single_task(cfg, model, sha256, test, ordered_grid, strategy, initial_arrays,
+                                        round_zero, report)
+        extra_summary = {}
 
     final_state = to_state_dict(final_arrays)
     model_path = run_dir.save_model(
@@ -118,15 +110,52 @@ def main(grid: Grid, context: Context) -> None:
     run_dir.set_summary(
         final_test_accuracy=last["test_accuracy"],
         final_val_accuracy=last["val_accuracy"],
-        rounds=cfg.rounds,
+        rounds=len(run_dir.rounds) - 1,
         backbone_sha256=sha256,
         backbone_nodes_cached=len(distribution.nodes_cached),
         backbone_nodes_sent=len(distribution.nodes_sent),
         trainable_parameters=sum(p.numel() for p in model.parameters() if p.requires_grad),
         seconds=time.monotonic() - started,
         model=str(model_path),
+        **extra_summary,
     )
     logger.info("run finished: test accuracy %.4f; outputs in %s", last["test_accuracy"], run_dir.path)
+
+
+def _run_single_task(
+    cfg: RunConfig,
+    model: TransferModel,
+    sha256: str,
+    test: ImageArrays,
+    grid: NodeOrderedGrid,
+    strategy: GuardedStrategy,
+    initial_arrays: ArrayRecord,
+    round_zero: RoundRecord,
+    report: Callable[[RoundRecord], None],
+) -> ArrayRecord:
+    """Run the rounds of the single-task job, testing on `test` after each; return the final arrays."""
+    logger.info("computing the frozen backbone's features for %d test images", len(test))
+    features = FeatureCache(cfg.cache_dir).features_for(
+        model, sha256, test, cfg.image_size, progress=progress_logger("server: test features")
+    )
+    evaluator = CentralEvaluator(model, features, torch.from_numpy(test.labels).long())
+    initial = evaluator(0, initial_arrays)
+    round_zero.test_loss = float(initial["test-loss"])
+    round_zero.test_accuracy = float(initial["test-accuracy"])
+    report(round_zero)
+
+    round_config = ConfigRecord({"backbone-sha256": sha256})
+    return run_rounds(
+        strategy,
+        grid,
+        initial_arrays,
+        num_rounds=cfg.rounds,
+        train_config=round_config,
+        evaluate_config=round_config,
+        evaluate_fn=evaluator,
+        timeout=cfg.round_timeout,
+        on_round=lambda record, _arrays: report(record),
+    )
 
 
 def _report(run_dir: RunDirectory, record: RoundRecord) -> None:

@@ -67,8 +67,13 @@ def run_rounds(
     evaluate_fn: EvaluateFn | None,
     timeout: float,
     on_round: Callable[[RoundRecord, ArrayRecord], None],
+    on_evaluate_replies: Callable[[int, list[Message]], None] | None = None,
 ) -> ArrayRecord:
-    """Run `num_rounds` rounds from `arrays`; return the final global arrays."""
+    """Run `num_rounds` rounds from `arrays`; return the final global arrays.
+
+    `on_evaluate_replies` receives each round's evaluate replies, sorted as the grid
+    returns them, before `on_round` is called for that round.
+    """
     for server_round in range(1, num_rounds + 1):
         started = time.monotonic()
         record = RoundRecord(round=server_round)
@@ -99,6 +104,8 @@ def run_rounds(
         replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
         record.bytes_sent += message_nbytes(messages)
         record.bytes_received += message_nbytes(replies)
+        if on_evaluate_replies is not None:
+            on_evaluate_replies(server_round, replies)
         evaluate_metrics = strategy.aggregate_evaluate(server_round, replies)
         if evaluate_metrics is not None:
             record.val_loss = _metric(evaluate_metrics, "val-loss")
