@@ -37,7 +37,7 @@ logger = logging.getLogger(__name__)
 FEDERATION = "fedgraft-deployment"
 STARTUP_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
-CLI_TIMEOUT_S = 60.0
+CLI_TIMEOUT_S = 120.0
 
 
 class DeploymentError(RuntimeError):
@@ -206,12 +206,19 @@ class LocalDeployment:
             )
         return list(json.loads(result.stdout).get("nodes", []))
 
-    def wait_for_online_nodes(self, count: int, timeout: float) -> list[dict[str, Any]]:
-        """Poll the node table until `count` nodes are online; raise DeploymentError after `timeout` s."""
+    def wait_for_online_nodes(self, count: int, timeout: float, poll_interval: float = 2.0) -> list[dict[str, Any]]:
+        """Poll the node table until `count` nodes are online; raise DeploymentError after `timeout` s.
+
+        A `flwr supernode ls` call that fails or times out is logged and retried, because
+        on a loaded machine one call can take longer than CLI_TIMEOUT_S.
+        """
         deadline = time.monotonic() + timeout
         online: list[dict[str, Any]] = []
         while time.monotonic() < deadline:
-            online = [node for node in self.list_nodes() if node.get("status") == "online"]
+            try:
+                online = [node for node in self.list_nodes() if node.get("status") == "online"]
+            except DeploymentError as err:
+                logger.warning("listing SuperNodes failed, retrying: %s", err)
             if len(online) >= count:
                 return online
             exited = [node.name for node in self.nodes if node.process.poll() is not None]
@@ -220,7 +227,7 @@ class LocalDeployment:
                     f"SuperNodes {exited} exited while waiting for {count} online nodes. "
                     f"See their logs in {self.work_dir}"
                 )
-            time.sleep(1.0)
+            time.sleep(poll_interval)
         raise DeploymentError(f"only {len(online)} of {count} SuperNodes came online within {timeout:.0f} s")
 
     def start_supernode(
