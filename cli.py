@@ -50,12 +50,16 @@ cli.add_command(compare_command)
 @_run_config_options
 def simulate(config_file: Path | None, **options) -> None:
     """Run a federated simulation on Flower's simulation engine and write a run directory."""
-    from fedgraft.simulation_runner import preflight, run_simulation_job
+    from fedgraft.simulation_runner import preflight, resume_config, run_simulation_job
 
     try:
-        values = RunConfig.from_toml(config_file) if config_file else {}
-        values.update({name: value for name, value in options.items() if value is not None})
-        cfg = RunConfig(**values).validate()
+        if options.get("resume"):
+            cfg = resume_config(Path(options["resume"]))
+            click.echo(f"resuming {cfg.resume} with its own config.json; other options are ignored", err=True)
+        else:
+            values = RunConfig.from_toml(config_file) if config_file else {}
+            values.update({name: value for name, value in options.items() if value is not None})
+            cfg = RunConfig(**values).validate()
         plan = preflight(cfg)
     except ConfigError as err:
         raise click.UsageError(str(err)) from None

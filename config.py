@@ -175,6 +175,11 @@ class RunConfig:
     cache_dir: str = _option(
         "~/.cache/fedgraft", "output", "Folder for the node backbone store and the feature cache."
     )
+    resume: str = _option(
+        "", "output",
+        "Run directory of an interrupted run to continue from its last checkpoint, with that run's "
+        "config.json; other options are ignored.",
+    )
 
     # ----------------------------------------------------------------------------------
     @classmethod

@@ -25,6 +25,7 @@ from fedgraft.models.state import state_dict_sha256, to_array_record, to_state_d
 from fedgraft.models.transfer import TransferModel
 from fedgraft.server.backbone_distribution import distribute_backbone
 from fedgraft.server.central_evaluation import CentralEvaluator
+from fedgraft.server.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
 from fedgraft.server.continual_job import run_continual_rounds
 from fedgraft.server.node_order import NodeOrderedGrid, wait_for_nodes
 from fedgraft.server.progress import TABLE_HEADER, format_round
@@ -39,9 +40,14 @@ logger = logging.getLogger(__name__)
 
 app = ServerApp()
 
+# Called after each round with its record, the global arrays and, optionally, extra state to checkpoint.
+AfterRound = Callable[..., None]
+
 
 def resolve_run_dir(cfg: RunConfig) -> Path:
-    """Return `cfg.run_dir`, or a new timestamped folder under `cfg.output_dir`."""
+    """Return `cfg.resume` or `cfg.run_dir`, else a new timestamped folder under `cfg.output_dir`."""
+    if cfg.resume:
+        return Path(cfg.resume).expanduser().resolve()
     if cfg.run_dir:
         return Path(cfg.run_dir).expanduser().resolve()
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -73,7 +79,16 @@ def main(grid: Grid, context: Context) -> None:
     distribution = distribute_backbone(grid, node_ids, cfg.backbone, backbone_state, sha256, cfg.round_timeout)
     ordered_grid = NodeOrderedGrid(grid, distribution.node_names)
 
-    strategy = GuardedStrategy(build_strategy(cfg), buffer_keys=frozenset(model.trainable_buffer_names()))
+    buffer_keys = frozenset(model.trainable_buffer_names())
+    strategy = GuardedStrategy(build_strategy(cfg), buffer_keys=buffer_keys)
+    checkpoint = None
+    if cfg.resume:
+        checkpoint = load_checkpoint(run_dir.path)
+        initial_arrays = checkpoint.arrays
+        strategy = GuardedStrategy(checkpoint.strategy, buffer_keys=buffer_keys)
+        run_dir.rounds = list(checkpoint.rounds)
+        logger.info("resuming %s after round %d from %s", run_dir.path, checkpoint.round, CHECKPOINT_FILE)
+
     # Round 0: the untrained head, and the cost of distributing the backbone.
     round_zero = RoundRecord(
         round=0,
@@ -82,15 +97,15 @@ def main(grid: Grid, context: Context) -> None:
         seconds=time.monotonic() - started,
     )
     logger.info("%s", TABLE_HEADER)
-    report = functools.partial(_report, run_dir)
+    after_round = functools.partial(_after_round, run_dir, strategy)
     if cfg.stream:
         final_arrays, extra_summary = run_continual_rounds(
             cfg, run_dir, model, sha256, ordered_grid, distribution.node_names,
-            strategy, initial_arrays, round_zero, report,
+            strategy, initial_arrays, round_zero, after_round, checkpoint,
         )
     else:
         final_arrays = _run_single_task(cfg, model, sha256, test, ordered_grid, strategy, initial_arrays,
-                                        round_zero, report)
+                                        round_zero, after_round, checkpoint)
         extra_summary = {}
 
     final_state = to_state_dict(final_arrays)
@@ -131,18 +146,25 @@ def _run_single_task(
     strategy: GuardedStrategy,
     initial_arrays: ArrayRecord,
     round_zero: RoundRecord,
-    report: Callable[[RoundRecord], None],
+    after_round: AfterRound,
+    checkpoint: Checkpoint | None,
 ) -> ArrayRecord:
-    """Run the rounds of the single-task job, testing on `test` after each; return the final arrays."""
+    """Run the rounds of the single-task job, testing on `test` after each; return the final arrays.
+
+    With `checkpoint`, the run continues after the checkpoint's round instead of round 0.
+    """
     logger.info("computing the frozen backbone's features for %d test images", len(test))
     features = FeatureCache(cfg.cache_dir).features_for(
         model, sha256, test, cfg.image_size, progress=progress_logger("server: test features")
     )
     evaluator = CentralEvaluator(model, features, torch.from_numpy(test.labels).long())
-    initial = evaluator(0, initial_arrays)
-    round_zero.test_loss = float(initial["test-loss"])
-    round_zero.test_accuracy = float(initial["test-accuracy"])
-    report(round_zero)
+    if checkpoint is None:
+        initial = evaluator(0, initial_arrays)
+        round_zero.test_loss = float(initial["test-loss"])
+        round_zero.test_accuracy = float(initial["test-accuracy"])
+        after_round(round_zero, initial_arrays)
+    else:
+        checkpoint.restore_rng()
 
     round_config = ConfigRecord({"backbone-sha256": sha256})
     return run_rounds(
@@ -154,8 +176,21 @@ def _run_single_task(
         evaluate_config=round_config,
         evaluate_fn=evaluator,
         timeout=cfg.round_timeout,
-        on_round=lambda record, _arrays: report(record),
+        on_round=after_round,
+        first_round=1 if checkpoint is None else checkpoint.round + 1,
     )
+
+
+def _after_round(
+    run_dir: RunDirectory,
+    strategy: GuardedStrategy,
+    record: RoundRecord,
+    arrays: ArrayRecord,
+    extra: dict | None = None,
+) -> None:
+    """Record and print one round, then write the checkpoint to continue after it."""
+    _report(run_dir, record)
+    save_checkpoint(run_dir.path, record.round, arrays, strategy.inner, run_dir.rounds, extra)
 
 
 def _report(run_dir: RunDirectory, record: RoundRecord) -> None:

@@ -68,13 +68,14 @@ def run_rounds(
     timeout: float,
     on_round: Callable[[RoundRecord, ArrayRecord], None],
     on_evaluate_replies: Callable[[int, list[Message]], None] | None = None,
+    first_round: int = 1,
 ) -> ArrayRecord:
-    """Run `num_rounds` rounds from `arrays`; return the final global arrays.
+    """Run rounds `first_round`..`num_rounds` from `arrays`; return the final global arrays.
 
     `on_evaluate_replies` receives each round's evaluate replies, sorted as the grid
     returns them, before `on_round` is called for that round.
     """
-    for server_round in range(1, num_rounds + 1):
+    for server_round in range(first_round, num_rounds + 1):
         started = time.monotonic()
         record = RoundRecord(round=server_round)
 
