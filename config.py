@@ -47,6 +47,11 @@ class RunConfig:
     round_timeout: float = _option(
         600.0, "federation", "Seconds the server waits for the replies of one round."
     )
+    min_nodes: int = _option(
+        0, "federation",
+        "Connected nodes a round needs; a round then trains on every connected node and goes on without "
+        "nodes that left. 0 means all num-clients.",
+    )
     seed: int = _option(
         0, "federation", "Seed for partitioning, node sampling, head initialisation and local shuffling."
     )

@@ -38,6 +38,8 @@ def check_run_config(cfg: RunConfig) -> None:
     _require(0.0 < cfg.fraction_train <= 1.0, "fraction_train", cfg.fraction_train, "a value in (0, 1]")
     _require(0.0 <= cfg.fraction_evaluate <= 1.0, "fraction_evaluate", cfg.fraction_evaluate, "a value in [0, 1]")
     _require(cfg.round_timeout > 0, "round_timeout", cfg.round_timeout, "a number of seconds > 0")
+    _require(0 <= cfg.min_nodes <= cfg.num_clients, "min_nodes", cfg.min_nodes,
+             f"an integer from 0 (all nodes) to --num-clients {cfg.num_clients}")
 
     # Local training.
     _require(cfg.local_epochs >= 1, "local_epochs", cfg.local_epochs, "an integer >= 1")

@@ -22,7 +22,7 @@ from flwr.serverapp.strategy import (
 from fedgraft.config import RunConfig
 from fedgraft.strategies.privacy import wrap_with_privacy
 
-__all__ = ["StrategySpec", "STRATEGIES", "build_strategy", "min_train_nodes"]
+__all__ = ["StrategySpec", "STRATEGIES", "build_strategy", "min_available_nodes", "min_train_nodes"]
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,14 @@ STRATEGIES: dict[str, StrategySpec] = {
 
 
 def min_train_nodes(cfg: RunConfig) -> int:
-    """Return how many nodes a round samples for training with this config."""
-    return max(1, math.floor(cfg.num_clients * cfg.fraction_train))
+    """Return how many nodes a round needs for training with this config."""
+    nodes = max(1, math.floor(cfg.num_clients * cfg.fraction_train))
+    return min(nodes, cfg.min_nodes) if cfg.min_nodes else nodes
+
+
+def min_available_nodes(cfg: RunConfig) -> int:
+    """Return how many connected nodes a round waits for: `min_nodes`, or all `num_clients`."""
+    return cfg.min_nodes or cfg.num_clients
 
 
 def build_strategy(cfg: RunConfig) -> Strategy:
@@ -96,13 +102,16 @@ def build_strategy(cfg: RunConfig) -> Strategy:
     spec = STRATEGIES[cfg.strategy]
     train_nodes = min_train_nodes(cfg)
     evaluate_nodes = max(1, math.floor(cfg.num_clients * cfg.fraction_evaluate))
+    if cfg.min_nodes:
+        evaluate_nodes = min(evaluate_nodes, cfg.min_nodes)
     strategy = spec.factory(
         fraction_train=cfg.fraction_train,
         fraction_evaluate=cfg.fraction_evaluate,
         min_train_nodes=train_nodes,
         min_evaluate_nodes=evaluate_nodes,
-        # Wait until every expected node is connected, so sampling covers the whole federation.
-        min_available_nodes=cfg.num_clients,
+        # By default a round waits until every expected node is connected, so sampling
+        # covers the whole federation. With min_nodes it goes on without nodes that left.
+        min_available_nodes=min_available_nodes(cfg),
         **spec.options(cfg),
     )
     return wrap_with_privacy(strategy, cfg, num_sampled_nodes=train_nodes)
