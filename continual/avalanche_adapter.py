@@ -89,13 +89,17 @@ class FeatureHead(nn.Module):
 
     def forward(self, features: Tensor) -> Tensor:
         """Return (N, num_classes) logits for the frozen part's output of N images."""
+        return self.head(self.head_input(features))
+
+    def head_input(self, features: Tensor) -> Tensor:
+        """Run the trainable blocks and the pooling: (N, num_features) inputs of the head."""
         x = features
         for block in self.trainable_blocks:
             x = block(x)
         if self.needs_pooling:
             # The same global average pooling as Backbone.pool: (N, C, h, w) to (N, C).
             x = torch.flatten(F.adaptive_avg_pool2d(x, 1), 1)
-        return self.head(x)
+        return x
 
 
 # Called with (images done, images in all) while features are computed or read.
