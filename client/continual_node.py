@@ -8,6 +8,8 @@ continues with its replay buffer, EWC importances and LwF teacher intact.
 
 Training uses the frozen part's output, read from the node's feature cache, so every
 strategy trains the `FeatureHead` of the transfer model and latent replay stores features.
+On a task-incremental stream the model has one head per task (`TaskHeads`), and training,
+replay and validation route each sample through the head of its task label.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from avalanche.benchmarks import CLScenario
 
 from fedgraft.client.backbone_store import BackboneStore
 from fedgraft.client.continual_state import ContinualStateStore
-from fedgraft.client.training import evaluate_features
 from fedgraft.config import RunConfig
-from fedgraft.continual.avalanche_adapter import FeatureHead, benchmark_from_tensors
+from fedgraft.continual.avalanche_adapter import benchmark_from_tensors
 from fedgraft.continual.avalanche_warnings import hide_avalanche_deprecations
 from fedgraft.continual.federated_config import FederatedContinualPlan, plan_continual_run
-from fedgraft.continual.federated_data import node_tasks
+from fedgraft.continual.federated_data import federated_stream, node_tasks
 from fedgraft.continual.strategies import create_strategy
+from fedgraft.continual.task_heads import evaluate_task, feature_head_for, fit_heads_to_stream
 from fedgraft.data.feature_cache import FeatureCache
 from fedgraft.models.factory import build_transfer_model
 from fedgraft.models.transfer import TransferModel
@@ -50,6 +52,7 @@ class TaskFeatures:
     train_labels: torch.Tensor
     val_inputs: torch.Tensor
     val_labels: torch.Tensor
+    task_label: int = 0
 
 
 @dataclass
@@ -88,7 +91,9 @@ class ContinualNode:
             return metrics
 
         settings = self.plan.continual.settings_for(self.cfg.cl_strategy)
-        strategy = create_strategy(self.cfg.cl_strategy, FeatureHead(self.model), settings)
+        # Every task up to this one has trained on this node, so LwF distils each of their heads.
+        network = feature_head_for(self.model, known_tasks=range(task + 1))
+        strategy = create_strategy(self.cfg.cl_strategy, network, settings)
         store = self.store(run_key)
         store.restore(before_task=task, strategy=strategy)
 
@@ -102,7 +107,7 @@ class ContinualNode:
         store.save(task, strategy)
 
         data = self.tasks[task]
-        result = evaluate_features(self.model, data.train_inputs, data.train_labels)
+        result = evaluate_task(self.model, data.train_inputs, data.train_labels, data.task_label)
         metrics.update({
             "num-examples": result.num_examples,
             "train-loss": result.loss,
@@ -116,7 +121,7 @@ class ContinualNode:
         metrics: dict[str, float | int] = {}
         examples, loss_sum, correct = 0, 0.0, 0.0
         for index, data in enumerate(self.tasks):
-            result = evaluate_features(self.model, data.val_inputs, data.val_labels)
+            result = evaluate_task(self.model, data.val_inputs, data.val_labels, data.task_label)
             metrics[f"val-accuracy-task-{index}"] = result.accuracy
             metrics[f"val-examples-task-{index}"] = result.num_examples
             examples += result.num_examples
@@ -176,6 +181,7 @@ def _build_node(
 
     model = build_transfer_model(cfg, num_classes=len(shares[0].train.class_names), weights="random")
     model.backbone.load_state_dict(backbones.load(backbone_sha256))
+    fit_heads_to_stream(model, federated_stream(cfg, plan))
     cache = FeatureCache(node_config.get("cache-dir", cfg.cache_dir))
     tasks = []
     for share in shares:
@@ -184,6 +190,7 @@ def _build_node(
             train_labels=torch.from_numpy(share.train.labels).long(),
             val_inputs=cache.features_for(model, backbone_sha256, share.val, cfg.image_size),
             val_labels=torch.from_numpy(share.val.labels).long(),
+            task_label=share.task_label,
         ))
     benchmark = benchmark_from_tensors(
         [(t.train_inputs, t.train_labels) for t in tasks],

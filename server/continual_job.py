@@ -25,6 +25,7 @@ from fedgraft.continual.federated_data import federated_stream, task_test_sets
 from fedgraft.continual.metrics import summarize
 from fedgraft.continual.outputs import write_run_directory
 from fedgraft.continual.run_config import InputKind
+from fedgraft.continual.task_heads import fit_heads_to_stream, head_layout
 from fedgraft.data.feature_cache import FeatureCache, progress_logger
 from fedgraft.models.transfer import TransferModel
 from fedgraft.server.continual_record import ContinualRecorder, TaskEvaluator
@@ -59,10 +60,13 @@ def run_continual_rounds(
     plan = plan_continual_run(cfg)
     schedule = plan.schedule
     experiences = federated_stream(cfg, plan)
+    # The nodes restrict their heads the same way, from the same stream.
+    fit_heads_to_stream(model, experiences)
+    layout = head_layout(cfg)
     logger.info(
-        "continual run: %s, %d tasks, %d rounds per task, lags %s, %d rounds, node strategy %s",
+        "continual run: %s, %d tasks, %d rounds per task, lags %s, %d rounds, node strategy %s, %s heads",
         cfg.stream, schedule.num_tasks, schedule.rounds_per_task, list(schedule.lags),
-        schedule.total_rounds, cfg.cl_strategy,
+        schedule.total_rounds, cfg.cl_strategy, layout.value,
     )
 
     started = time.monotonic()
@@ -131,6 +135,8 @@ def run_continual_rounds(
             "rounds_per_task": schedule.rounds_per_task,
             "task_lags": list(schedule.lags),
             "cl_strategy": cfg.cl_strategy,
+            # "shared": one head for every task; "per-task": head j for task label j.
+            "head_layout": layout.value,
             "final_accuracy_per_task": matrix[-1].tolist(),
             "node_average_forgetting": {name: entry["average_forgetting"] for name, entry in nodes.items()},
             "mean_bytes_per_round": sum(r["bytes_sent"] + r["bytes_received"] for r in rounds) / max(len(rounds), 1),

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, Message, MetricRecord
 
-from fedgraft.client.training import evaluate_features
 from fedgraft.continual.metrics import average_forgetting, forgetting_per_task
+from fedgraft.continual.task_heads import evaluate_task
 from fedgraft.continual.task_schedule import TaskSchedule
 from fedgraft.models.state import to_state_dict
 from fedgraft.models.transfer import TransferModel
@@ -44,7 +44,10 @@ PARTIAL_MATRIX_JSON = "federation-matrix.json"
 
 
 class TaskEvaluator:
-    """Test global arrays on every task's test features; keep the per-task accuracies."""
+    """Test global arrays on every task's test features; keep the per-task accuracies.
+
+    With per-task heads, task j's test features go through head j.
+    """
 
     def __init__(
         self,
@@ -66,7 +69,10 @@ class TaskEvaluator:
         The signature is Flower's `evaluate_fn`. Round 0 counts task 0 as met.
         """
         self.model.load_trainable_state_dict(to_state_dict(arrays))
-        results = [evaluate_features(self.model, x, y) for x, y in zip(self.features, self.labels)]
+        results = [
+            evaluate_task(self.model, x, y, task_label=task)
+            for task, (x, y) in enumerate(zip(self.features, self.labels))
+        ]
         self.latest = [result.accuracy for result in results]
         met = results[: self.schedule.federation_task(max(server_round, 1)) + 1]
         return MetricRecord({
