@@ -9,6 +9,10 @@ identified. The table gives each run's final test accuracy and its difference fr
 same strategy's clean run, and marks whether a robust strategy stays within
 --tolerance points of it.
 
+A run whose directory under --work-dir already holds a finished run is read back, not
+run again, so an interrupted benchmark continues where it stopped; its seconds are then
+the ServerApp's own, without the process start-up.
+
 A last run checks the NaN guard: FedAvg with partition 0 sending NaN updates. It
 reports how many train replies the guards rejected and the final accuracy.
 
@@ -40,6 +44,7 @@ from fedgraft.simulations.benchmark_common import (
     format_percent,
     format_points,
     markdown_table,
+    read_run,
     run_options,
     run_simulation,
     simulate_options,
@@ -84,7 +89,13 @@ def attack_options(poison: str, count: int) -> dict[str, Any]:
 
 
 def run_one(label: str, values: dict[str, Any], args: argparse.Namespace, work_dir: Path) -> SimulationResult:
-    return run_simulation(work_dir / label, simulate_options(values), args.run_timeout, label)
+    """Run one simulation, or read it back when --work-dir already holds its finished run directory."""
+    run_dir = work_dir / label
+    if (run_dir / "metrics.json").is_file():
+        result = read_run(run_dir)
+        print(f"[{label}] reusing the finished run in {run_dir}", flush=True)
+        return result
+    return run_simulation(run_dir, simulate_options(values), args.run_timeout, label)
 
 
 def measure(args: argparse.Namespace, overrides: dict[str, Any], work_dir: Path) -> dict[str, Any]:
