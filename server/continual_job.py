@@ -28,6 +28,7 @@ from fedgraft.continual.run_config import InputKind
 from fedgraft.continual.task_heads import fit_heads_to_stream, head_layout
 from fedgraft.data.feature_cache import FeatureCache, progress_logger
 from fedgraft.models.transfer import TransferModel
+from fedgraft.server.checkpoint import Checkpoint
 from fedgraft.server.continual_record import ContinualRecorder, TaskEvaluator
 from fedgraft.server.round_loop import RoundRecord, run_rounds
 from fedgraft.server.run_directory import RunDirectory
@@ -54,9 +55,14 @@ def run_continual_rounds(
     strategy: GuardedStrategy,
     initial_arrays: ArrayRecord,
     round_zero: RoundRecord,
-    report: Callable[[RoundRecord], None],
+    after_round: Callable[..., None],
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[ArrayRecord, dict]:
-    """Run every round of the stream; return the final arrays and the summary's continual entries."""
+    """Run every round of the stream; return the final arrays and the summary's continual entries.
+
+    `after_round(record, arrays, extra)` records and checkpoints each round. With
+    `checkpoint`, the run continues after the checkpoint's round with the recorder's state.
+    """
     plan = plan_continual_run(cfg)
     schedule = plan.schedule
     experiences = federated_stream(cfg, plan)
@@ -81,15 +87,19 @@ def run_continual_rounds(
     benchmark_seconds = time.monotonic() - started
 
     recorder = ContinualRecorder(run_dir.path, schedule, node_names)
-    initial = evaluator(0, initial_arrays)
-    recorder.record_baseline(evaluator.latest)
-    round_zero.test_loss = float(initial["test-loss"])
-    round_zero.test_accuracy = float(initial["test-accuracy"])
-    report(round_zero)
+    if checkpoint is None:
+        initial = evaluator(0, initial_arrays)
+        recorder.record_baseline(evaluator.latest)
+        round_zero.test_loss = float(initial["test-loss"])
+        round_zero.test_accuracy = float(initial["test-accuracy"])
+        after_round(round_zero, initial_arrays, {"continual": recorder.state()})
+    else:
+        recorder.restore(checkpoint.extra["continual"])
+        checkpoint.restore_rng()
 
-    def on_round(record: RoundRecord, _arrays: ArrayRecord) -> None:
-        report(record)
+    def on_round(record: RoundRecord, arrays: ArrayRecord) -> None:
         finished = recorder.record_round(record.round, evaluator.latest)
+        after_round(record, arrays, {"continual": recorder.state()})
         if finished is not None:
             row = ", ".join(f"{value:.3f}" for value in evaluator.latest)
             logger.info("task %d ended in round %d: test accuracy per task [%s]", finished, record.round, row)
@@ -110,6 +120,7 @@ def run_continual_rounds(
         timeout=cfg.round_timeout,
         on_round=on_round,
         on_evaluate_replies=recorder.record_node_replies,
+        first_round=1 if checkpoint is None else checkpoint.round + 1,
     )
 
     matrix = recorder.matrix()

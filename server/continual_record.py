@@ -96,6 +96,16 @@ class ContinualRecorder:
     node_rows: dict[str, dict[int, list[float | None]]] = field(default_factory=dict)
     _node_latest: dict[str, list[float | None]] = field(default_factory=dict)
 
+    def state(self) -> dict:
+        """Return what a checkpoint needs to continue recording after this round."""
+        return {"baseline": self.baseline, "curves": self.curves, "rows": self.rows, "node_rows": self.node_rows}
+
+    def restore(self, state: dict) -> None:
+        self.baseline = list(state["baseline"])
+        self.curves = list(state["curves"])
+        self.rows = dict(state["rows"])
+        self.node_rows = {name: dict(rows) for name, rows in state["node_rows"].items()}
+
     def record_baseline(self, accuracies: list[float]) -> None:
         self.baseline = list(accuracies)
         self.curves.append({"round": 0, "accuracy": list(accuracies)})
