@@ -16,6 +16,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context
 from flwr.serverapp import Grid, ServerApp
 
 from fedgraft.config import RunConfig
+from fedgraft.continual.task_heads import head_layout
 from fedgraft.data.feature_cache import FeatureCache, progress_logger
 from fedgraft.data.image_arrays import ImageArrays
 from fedgraft.data.sources import test_data
@@ -117,6 +118,7 @@ def main(grid: Grid, context: Context) -> None:
             "state-sha256": state_dict_sha256(final_state),
             "mode": cfg.mode,
             "head": cfg.head,
+            "head-layout": head_layout(cfg).value,
             "class-names": ",".join(test.class_names),
         },
     )
