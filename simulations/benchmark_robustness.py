@@ -9,9 +9,9 @@ identified. The table gives each run's final test accuracy and its difference fr
 same strategy's clean run, and marks whether a robust strategy stays within
 --tolerance points of it.
 
-A run whose directory under --work-dir already holds a finished run is read back, not
-run again, so an interrupted benchmark continues where it stopped; its seconds are then
-the ServerApp's own, without the process start-up.
+A run whose directory under --work-dir already contains a finished run is read back, not
+run again, so an interrupted benchmark continues where it stopped. The seconds of such a
+run are the ServerApp's own, without the process start-up.
 
 A last run checks the NaN guard: FedAvg with partition 0 sending NaN updates. It
 reports how many train replies the guards rejected and the final accuracy.
@@ -89,7 +89,7 @@ def attack_options(poison: str, count: int) -> dict[str, Any]:
 
 
 def run_one(label: str, values: dict[str, Any], args: argparse.Namespace, work_dir: Path) -> SimulationResult:
-    """Run one simulation, or read it back when --work-dir already holds its finished run directory."""
+    """Run one simulation, or read it back when --work-dir already contains its finished run directory."""
     run_dir = work_dir / label
     if (run_dir / "metrics.json").is_file():
         result = read_run(run_dir)
@@ -154,9 +154,9 @@ def summarize(results: dict[str, Any], tolerance: float, num_clients: int) -> st
     nan_check = results["nan_check"]
     if nan_check is not None:
         table += (
-            f"\nNaN guard (fedavg, partition 0 sends NaN): {nan_check['rejected_replies']} of "
-            f"{nan_check['rounds']} rounds' replies from node(s) {nan_check['nodes']} rejected "
-            f"({'; '.join(nan_check['reasons']) or 'none'}); final test accuracy "
+            f"\nNaN guard (fedavg, partition 0 sends NaN): {nan_check['rejected_replies']} train replies "
+            f"rejected in {nan_check['rounds']} rounds, from node(s) {nan_check['nodes']} "
+            f"({'; '.join(nan_check['reasons']) or 'no reason logged'}); final test accuracy "
             f"{format_percent(nan_check['test_accuracy'])} %.\n"
         )
     return table

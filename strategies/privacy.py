@@ -87,6 +87,8 @@ def wrap_with_privacy(strategy: Strategy, cfg: RunConfig, num_sampled_nodes: int
 
     `num_sampled_nodes` is the number of nodes each round trains, m in the noise's
     standard deviation noise_multiplier * clipping_norm / m.
+    NOTE: with `--min-nodes` below the sampled count, the caller passes that minimum, so
+    a round where more nodes reply gets more noise than its size needs.
     """
     mode = DpMode(cfg.dp)
     if mode is DpMode.OFF:
