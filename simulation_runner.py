@@ -68,30 +68,10 @@ def preflight(cfg: RunConfig) -> SimulationPlan:
 
 
 def resume_config(run_dir: Path) -> RunConfig:
-    """Return the config of the interrupted run in `run_dir`, set to resume it.
+    """Return the config of the interrupted run in `run_dir`, set to resume it; see `read_resume_config`."""
+    from fedgraft.server.checkpoint import read_resume_config
 
-    Raises ConfigError when the folder holds no run, a finished run, or no checkpoint.
-    """
-    import json
-
-    from fedgraft.server.checkpoint import CHECKPOINT_FILE
-    from fedgraft.server.run_directory import CONFIG_FILE, METRICS_FILE
-
-    run_dir = run_dir.expanduser().resolve()
-    config_path = run_dir / CONFIG_FILE
-    if not config_path.is_file():
-        raise ConfigError(f"--resume {run_dir}: {config_path} not found; pass the run directory of an interrupted run")
-    metrics_path = run_dir / METRICS_FILE
-    if metrics_path.is_file() and json.loads(metrics_path.read_text()).get("summary"):
-        raise ConfigError(f"--resume {run_dir}: the run already finished; see `fedgraft report {run_dir}`")
-    if not (run_dir / CHECKPOINT_FILE).is_file():
-        raise ConfigError(
-            f"--resume {run_dir}: no {CHECKPOINT_FILE}, so the run stopped before its first round ended. "
-            "Start it again without --resume."
-        )
-    values = json.loads(config_path.read_text())
-    values.update({"resume": str(run_dir), "run-dir": str(run_dir)})
-    return RunConfig.from_run_config(values).validate()
+    return read_resume_config(run_dir)
 
 
 def _continual_client_sizes(cfg: RunConfig) -> list[tuple[int, int]]:

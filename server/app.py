@@ -26,7 +26,13 @@ from fedgraft.models.state import state_dict_sha256, to_array_record, to_state_d
 from fedgraft.models.transfer import TransferModel
 from fedgraft.server.backbone_distribution import distribute_backbone
 from fedgraft.server.central_evaluation import CentralEvaluator
-from fedgraft.server.checkpoint import CHECKPOINT_FILE, Checkpoint, load_checkpoint, save_checkpoint
+from fedgraft.server.checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    load_checkpoint,
+    read_resume_config,
+    save_checkpoint,
+)
 from fedgraft.server.continual_job import run_continual_rounds
 from fedgraft.server.node_order import NodeOrderedGrid, wait_for_nodes
 from fedgraft.server.progress import TABLE_HEADER, format_round
@@ -60,7 +66,11 @@ def main(grid: Grid, context: Context) -> None:
     """Run one federated transfer-learning job as the run config describes."""
     configure_logging()
     started = time.monotonic()
-    cfg = RunConfig.from_run_config(context.run_config).validate()
+    cfg = RunConfig.from_run_config(context.run_config)
+    if cfg.resume:
+        # An interrupted run continues with its own settings, whatever else the run config says.
+        cfg = read_resume_config(Path(cfg.resume))
+    cfg.validate()
     run_dir = RunDirectory(resolve_run_dir(cfg), cfg)
     logger.info("run directory: %s", run_dir.path)
 

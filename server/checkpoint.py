@@ -14,6 +14,7 @@ The file is a torch pickle. Load only checkpoints that your own runs wrote.
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from dataclasses import dataclass
@@ -25,9 +26,12 @@ import torch
 from flwr.app import ArrayRecord
 from flwr.serverapp.strategy import Strategy
 
+from fedgraft.config import ConfigError, RunConfig
 from fedgraft.models.state import to_array_record, to_state_dict
 
-__all__ = ["CHECKPOINT_FILE", "Checkpoint", "CheckpointError", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CHECKPOINT_FILE", "Checkpoint", "CheckpointError", "load_checkpoint", "read_resume_config", "save_checkpoint",
+]
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT_VERSION = 1
@@ -112,3 +116,27 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
         extra=dict(payload["extra"]),
         rng_states=payload["rng_states"],
     )
+
+
+def read_resume_config(run_dir: Path) -> RunConfig:
+    """Return the config of the interrupted run in `run_dir`, set to resume it.
+
+    Raises ConfigError when the folder holds no run, a finished run, or no checkpoint.
+    """
+    from fedgraft.server.run_directory import CONFIG_FILE, METRICS_FILE
+
+    run_dir = run_dir.expanduser().resolve()
+    config_path = run_dir / CONFIG_FILE
+    if not config_path.is_file():
+        raise ConfigError(f"--resume {run_dir}: {config_path} not found; pass the run directory of an interrupted run")
+    metrics_path = run_dir / METRICS_FILE
+    if metrics_path.is_file() and json.loads(metrics_path.read_text()).get("summary"):
+        raise ConfigError(f"--resume {run_dir}: the run already finished; see `fedgraft report {run_dir}`")
+    if not (run_dir / CHECKPOINT_FILE).is_file():
+        raise ConfigError(
+            f"--resume {run_dir}: no {CHECKPOINT_FILE}, so the run stopped before its first round ended. "
+            "Start it again without --resume."
+        )
+    values = json.loads(config_path.read_text())
+    values.update({"resume": str(run_dir), "run-dir": str(run_dir)})
+    return RunConfig.from_run_config(values).validate()

@@ -155,5 +155,6 @@ def test_node_with_missing_data_is_left_out(tmp_path, certificates):
     for record in metrics["rounds"][1:]:
         assert record["nodes_trained"] == 2
         (rejected,) = record["rejected"]
-        assert "Node data" in rejected["reason"] and "no-such-folder not found" in rejected["reason"]
+        assert "Node data" in rejected["reason"]
+        assert "no-such-folder not found" in rejected["reason"]
     assert metrics["summary"]["final_test_accuracy"] > 0.3
