@@ -120,7 +120,7 @@ class LocalDeployment:
     with `certificates.ca_certificate` unless a test passes another root certificate.
     """
 
-    def __init__(self, work_dir: Path, certificates: CertificateFiles) -> None:
+    def __init__(self, work_dir: Path, certificates: CertificateFiles, state_in_memory: bool = False) -> None:
         self.work_dir = Path(work_dir)
         self.certificates = certificates
         self.flwr_home = self.work_dir / "flwr-home"
@@ -128,6 +128,9 @@ class LocalDeployment:
         # Flower 1.42 serves the Control, Fleet and Runtime APIs on this one HTTPS port.
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # With 20 SuperNodes on 2 cores, Flower 1.42's SQLite state file raised "database is
+        # locked" on pull-messages, and the run stalled. Memory state avoids the file lock.
+        self.state_in_memory = state_in_memory
         self.nodes: list[SuperNodeProcess] = []
         self._superlink: subprocess.Popen | None = None
 
@@ -175,7 +178,8 @@ class LocalDeployment:
             "--disable-runtime-dependency-installation",
             "--host", "127.0.0.1",
             "--port", str(self.port),
-            "--database", str(self.work_dir / "superlink.db"),
+            # Without --database Flower keeps the SuperLink's state in memory.
+            *([] if self.state_in_memory else ["--database", str(self.work_dir / "superlink.db")]),
         ]
         self._superlink = _start(command, self.env(), self.log_path)
 

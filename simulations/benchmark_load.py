@@ -153,7 +153,8 @@ def run_once(args: argparse.Namespace, repeat: int) -> dict[str, Any]:
         "run-dir": str(run_dir), "cache-dir": str(work_dir / "server-cache"),
     }
 
-    with LocalDeployment(work_dir / "deployment", certificates) as deployment:
+    in_memory = args.superlink_state == "memory"
+    with LocalDeployment(work_dir / "deployment", certificates, state_in_memory=in_memory) as deployment:
         for index, data_path in enumerate(data_paths):
             deployment.register_node(certificates.node_public_keys[index])
         # Nodes start in batches. When 20 started at once on 2 busy cores, one node's
@@ -279,6 +280,11 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--min-available-gib", type=float, default=3.0,
         help="Stop the run when available system memory falls below this many GiB (default: 3).",
     )
+    parser.add_argument(
+        "--superlink-state", choices=("file", "memory"), default="memory",
+        help="Where the SuperLink keeps its state: an SQLite file, or memory (default: memory). With 20 "
+        "SuperNodes the file raised 'database is locked' in Flower 1.42.",
+    )
     parser.add_argument("--work-dir", type=Path, default=None, help="Folder for certificates, data, logs and runs.")
     parser.add_argument(
         "--output", type=Path, default=RESULTS_DIR / "load.json",
@@ -302,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
         key: getattr(args, key)
         for key in (
             "num_nodes", "rounds", "repeats", "samples_per_node", "test_samples", "image_size", "sample_interval",
-            "min_available_gib", "start_batch", "node_max_wait_time",
+            "min_available_gib", "start_batch", "node_max_wait_time", "superlink_state",
         )
     }
     table = results_table(runs)
