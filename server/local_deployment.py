@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,7 +27,7 @@ from typing import IO, Any
 import psutil
 
 from fedgraft.server.certificates import CertificateFiles
-from fedgraft.server.local_superlink import _executable, _free_port, _port_open, format_run_config
+from fedgraft.server.local_superlink import find_executable, flower_env, format_run_config, free_port, port_open
 
 __all__ = ["DeploymentError", "LocalDeployment", "SuperNodeProcess", "stop_process_tree", "stop_process_trees"]
 
@@ -126,7 +124,7 @@ class LocalDeployment:
         self.flwr_home = self.work_dir / "flwr-home"
         self.log_path = self.work_dir / "superlink.log"
         # Flower 1.42 serves the Control, Fleet and Runtime APIs on this one HTTPS port.
-        self.port = _free_port()
+        self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         # With 20 SuperNodes on 2 cores, Flower 1.42's SQLite state file raised "database is
         # locked" on pull-messages, and the run stalled. Memory state avoids the file lock.
@@ -140,12 +138,7 @@ class LocalDeployment:
 
     def env(self) -> dict[str, str]:
         """Environment for every Flower process and command of this deployment."""
-        env = dict(os.environ)
-        env["FLWR_HOME"] = str(self.flwr_home)
-        # The SuperLink and SuperNodes start `flower-superexec` and the app processes by name.
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env["FLWR_TELEMETRY_ENABLED"] = "0"
-        env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+        env = flower_env(self.flwr_home)
         env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
         return env
 
@@ -169,7 +162,7 @@ class LocalDeployment:
             f'root-certificates = "{self.certificates.ca_certificate.resolve()}"\n'
         )
         command = [
-            _executable("flower-superlink"),
+            find_executable("flower-superlink"),
             "--ssl-ca-certfile", str(self.certificates.ca_certificate),
             "--ssl-certfile", str(self.certificates.server_certificate),
             "--ssl-keyfile", str(self.certificates.server_key),
@@ -190,7 +183,7 @@ class LocalDeployment:
                     f"flower-superlink exited with code {self._superlink.returncode} during startup. "
                     f"See {self.log_path}"
                 )
-            if _port_open(self.port):
+            if port_open(self.port):
                 logger.info("SuperLink ready on %s with TLS and node authentication (log: %s)", self.address, self.log_path)
                 return
             time.sleep(0.2)
@@ -263,7 +256,7 @@ class LocalDeployment:
         """
         log_path = self.work_dir / f"{name}.log"
         command = [
-            _executable("flower-supernode"),
+            find_executable("flower-supernode"),
             "--superlink", self.address,
             "--root-certificates", str(root_certificates or self.certificates.ca_certificate),
             "--auth-supernode-private-key", str(private_key),
@@ -271,7 +264,7 @@ class LocalDeployment:
             "--isolation", "subprocess",
             # Each SuperNode serves its own Runtime API to its ClientApp processes.
             "--host", "127.0.0.1",
-            "--port", str(_free_port()),
+            "--port", str(free_port()),
             "--max-retries", str(max_retries),
             "--max-wait-time", str(max_wait_time),
         ]
@@ -295,7 +288,7 @@ class LocalDeployment:
         """
         deadline = time.monotonic() + timeout
         command = [
-            _executable("flwr"), "run", str(app_dir), FEDERATION, "--stream",
+            find_executable("flwr"), "run", str(app_dir), FEDERATION, "--stream",
             "--run-config", format_run_config(dict(run_config)),
         ]
         try:
@@ -346,7 +339,7 @@ class LocalDeployment:
     def _flwr(self, arguments: list[str]) -> subprocess.CompletedProcess:
         try:
             return subprocess.run(
-                [_executable("flwr"), *arguments],
+                [find_executable("flwr"), *arguments],
                 env=self.env(), capture_output=True, text=True, timeout=CLI_TIMEOUT_S,
             )
         except subprocess.TimeoutExpired as err:

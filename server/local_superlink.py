@@ -21,7 +21,9 @@ from typing import Any
 
 import psutil
 
-__all__ = ["LocalSuperLink", "SuperLinkError", "format_run_config"]
+__all__ = [
+    "LocalSuperLink", "SuperLinkError", "find_executable", "flower_env", "format_run_config", "free_port", "port_open",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -33,13 +35,13 @@ class SuperLinkError(RuntimeError):
     """The local SuperLink could not start or the run could not be submitted."""
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
 
 
-def _port_open(port: int) -> bool:
+def port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.settimeout(0.5)
         return probe.connect_ex(("127.0.0.1", port)) == 0
@@ -60,7 +62,7 @@ def format_run_config(values: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
-def _executable(name: str) -> str:
+def find_executable(name: str) -> str:
     """Find a Flower console script beside the running interpreter, else on PATH."""
     beside = Path(sys.executable).parent / name
     if beside.exists():
@@ -71,6 +73,20 @@ def _executable(name: str) -> str:
     return found
 
 
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """Return this process's environment for Flower processes with a private FLWR_HOME.
+
+    Telemetry and update checks are off. PATH starts with this interpreter's folder,
+    because the SuperLink and SuperNodes start `flower-superexec` and the app processes by name.
+    """
+    env = dict(os.environ)
+    env["FLWR_HOME"] = str(flwr_home)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    return env
+
+
 class LocalSuperLink:
     """Start with `with LocalSuperLink(work_dir) as link:`; the SuperLink stops on exit."""
 
@@ -79,18 +95,12 @@ class LocalSuperLink:
         self.flwr_home = self.work_dir / "flwr-home"
         self.log_path = self.work_dir / "superlink.log"
         # Flower 1.42 serves the Control, Fleet and Runtime APIs on this one HTTP port.
-        self.port = _free_port()
+        self.port = free_port()
         self._process: subprocess.Popen | None = None
 
     def env(self) -> dict[str, str]:
         """Environment for Flower commands that talk to this SuperLink."""
-        env = dict(os.environ)
-        env["FLWR_HOME"] = str(self.flwr_home)
-        # The SuperLink starts `flower-superexec` and friends by name.
-        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-        env["FLWR_TELEMETRY_ENABLED"] = "0"
-        env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
-        return env
+        return flower_env(self.flwr_home)
 
     def __enter__(self) -> LocalSuperLink:
         self.start()
@@ -106,7 +116,7 @@ class LocalSuperLink:
             f'[superlink.{FEDERATION}]\naddress = "127.0.0.1:{self.port}"\ninsecure = true\n'
         )
         command = [
-            _executable("flower-superlink"),
+            find_executable("flower-superlink"),
             "--insecure",
             "--simulation",
             "--isolation", "subprocess",
@@ -125,7 +135,7 @@ class LocalSuperLink:
                 raise SuperLinkError(
                     f"flower-superlink exited with code {self._process.returncode}; see {self.log_path}"
                 )
-            if _port_open(self.port):
+            if port_open(self.port):
                 logger.info("SuperLink ready on 127.0.0.1:%d (log: %s)", self.port, self.log_path)
                 return
             time.sleep(0.2)
@@ -142,7 +152,7 @@ class LocalSuperLink:
     ) -> int:
         """Submit the Flower App in `app_dir` and stream its logs until it ends; return flwr's exit code."""
         command = [
-            _executable("flwr"), "run", str(app_dir), FEDERATION, "--stream",
+            find_executable("flwr"), "run", str(app_dir), FEDERATION, "--stream",
             "--run-config", format_run_config(run_config),
             "--federation-config", f"num-supernodes={num_supernodes}",
         ]
