@@ -64,8 +64,8 @@ class ContinualNode:
     partition_id: int
     model: TransferModel
     tasks: list[TaskFeatures]
-    # Experience k of train_stream is this node's share of task k; test_stream holds the
-    # node's validation split of each task.
+    # Experience k of train_stream is this node's share of task k. Experience k of
+    # test_stream is the node's validation split of task k.
     benchmark: CLScenario
     state_dir: Path
 

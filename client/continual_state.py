@@ -106,7 +106,7 @@ class ContinualStateStore:
         task = earlier[-1]
         path = self.file_of(task)
         try:
-            # The file is the node's own, written by `save`: it holds Avalanche objects,
+            # The file is the node's own, written by `save`. It contains Avalanche objects,
             # so it needs the full unpickler, not weights_only.
             payload = torch.load(path, map_location="cpu", weights_only=False)
         except Exception as err:  # noqa: BLE001 - any unreadable file gets the same message

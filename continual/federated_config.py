@@ -3,7 +3,7 @@
 A RunConfig with a non-empty `stream` describes a federated continual run. This module
 turns it into the continual module's own `ContinualConfig`, so that the nodes build their
 Avalanche strategies with exactly the settings `fedgraft continual` would use, and into
-the `TaskSchedule` that says which task each node trains on in each round.
+the `TaskSchedule` that gives the task each node trains on in each round.
 """
 
 from __future__ import annotations

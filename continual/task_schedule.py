@@ -1,4 +1,4 @@
-"""Which task each node trains on in each round of a federated continual run.
+"""The task schedule of a federated continual run: the task each node trains on in each round.
 
 Every node meets the same task sequence, each task for `rounds_per_task` rounds. A node
 with lag L arrives L rounds late: it sits out rounds 1..L, then trains on task k in rounds

@@ -68,7 +68,7 @@ def main(grid: Grid, context: Context) -> None:
     started = time.monotonic()
     cfg = RunConfig.from_run_config(context.run_config)
     if cfg.resume:
-        # An interrupted run continues with its own settings, whatever else the run config says.
+        # An interrupted run continues with its own settings and ignores the other run-config keys.
         cfg = read_resume_config(Path(cfg.resume))
     cfg.validate()
     run_dir = RunDirectory(resolve_run_dir(cfg), cfg)

@@ -121,7 +121,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint:
 def read_resume_config(run_dir: Path) -> RunConfig:
     """Return the config of the interrupted run in `run_dir`, set to resume it.
 
-    Raises ConfigError when the folder holds no run, a finished run, or no checkpoint.
+    Raises ConfigError when the folder contains no run, a finished run, or no checkpoint.
     """
     from fedgraft.server.run_directory import CONFIG_FILE, METRICS_FILE
 

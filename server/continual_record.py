@@ -1,4 +1,4 @@
-"""What the server measures in a federated continual run, and the files it writes.
+"""The server's measurements of a federated continual run, and the files it writes.
 
 After every round the server tests the global model on the test data of every task, the
 future ones included, which gives one accuracy curve per task. When a task ends for the
